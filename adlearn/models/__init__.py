@@ -1,0 +1,31 @@
+"""adlearn's anomaly detection models, one file per method, all obeying :mod:`.base`.
+
+>>> from adlearn.models import build, REGISTRY
+>>> sorted(REGISTRY)  # doctest: +SKIP
+['PaDiM', ...]
+>>> model = build("PaDiM", profile="fast")  # the fast profile's settings, no weights loaded yet
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..env import current_profile
+from ..errors import AdlearnError
+from ..profiles import Profile, get_profile
+from .base import REGISTRY, AnomalyModel, Prediction, load
+from .baseline import MeanImage
+from .padim import PaDiM
+
+__all__ = [
+    "REGISTRY", "AnomalyModel", "Prediction", "build", "load",
+    "MeanImage", "PaDiM",
+]
+
+
+def build(name: str, profile: str | Profile | None = None, **overrides: Any) -> AnomalyModel:
+    """Create model ``name`` with ``profile``'s settings (default: the current profile) and overrides."""
+    if name not in REGISTRY:
+        raise AdlearnError(f"unknown model {name!r}; available: {sorted(REGISTRY)}")
+    chosen = current_profile() if profile is None else get_profile(profile)
+    return REGISTRY[name](**{**chosen.model_kwargs(name), **overrides})

@@ -16,6 +16,9 @@ from adlearn.models import REGISTRY, Prediction, build
 
 TINY: dict[str, dict] = {
     "MeanImage": {"sigma": 1.0},
+    "AutoEncoder": {"input_size": 32, "epochs": 8, "lr": 2e-3, "batch_size": 4, "augment": {"rotate_deg": 2.0},
+                    "sigma": 1.0},
+    "VAE": {"input_size": 32, "epochs": 8, "lr": 2e-3, "batch_size": 4, "augment": None, "sigma": 1.0},
     "PaDiM": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto", "d": 20, "sigma": 1.0},
 }
 

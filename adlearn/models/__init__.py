@@ -13,13 +13,15 @@ from typing import Any
 from ..env import current_profile
 from ..errors import AdlearnError
 from ..profiles import Profile, get_profile
+from .autoencoder import AutoEncoder
 from .base import REGISTRY, AnomalyModel, Prediction, load
 from .baseline import MeanImage
 from .padim import PaDiM
+from .vae import VAE
 
 __all__ = [
     "REGISTRY", "AnomalyModel", "Prediction", "build", "load",
-    "MeanImage", "PaDiM",
+    "MeanImage", "AutoEncoder", "VAE", "PaDiM",
 ]
 
 

@@ -20,6 +20,7 @@ TINY: dict[str, dict] = {
                     "sigma": 1.0},
     "VAE": {"input_size": 32, "epochs": 8, "lr": 2e-3, "batch_size": 4, "augment": None, "sigma": 1.0},
     "PaDiM": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto", "d": 20, "sigma": 1.0},
+    "SPADE": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto", "k": 5, "sigma": 1.0, "chunk_size": 100},
 }
 
 

@@ -17,11 +17,12 @@ from .autoencoder import AutoEncoder
 from .base import REGISTRY, AnomalyModel, Prediction, load
 from .baseline import MeanImage
 from .padim import PaDiM
+from .spade import SPADE
 from .vae import VAE
 
 __all__ = [
     "REGISTRY", "AnomalyModel", "Prediction", "build", "load",
-    "MeanImage", "AutoEncoder", "VAE", "PaDiM",
+    "MeanImage", "AutoEncoder", "VAE", "PaDiM", "SPADE",
 ]
 
 

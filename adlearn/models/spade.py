@@ -1,0 +1,250 @@
+"""SPADE — Semantic Pyramid Anomaly Detection (Cohen & Hoshen, 2020, arXiv:2005.02357).
+
+"Sub-Image Anomaly Detection with Deep Pyramid Correspondences": no training, only nearest
+neighbours in the feature space of an ImageNet CNN, first between whole images, then between
+pixels of the retrieved images.
+
+1. Image level: f_y = global average pool of the last stage of the CNN for image y. The image's
+   anomaly score is the mean distance to its K nearest training images (K = 50 in the paper):
+       d(y) = 1/K Σ_{f ∈ N_K(f_y)} ‖f − f_y‖                                       (Eq. 1)
+2. Pixel level: the gallery G = the features F(x_k, p) of *every* position p of the K retrieved
+   images x_k, for each layer of the pyramid (ResNet layer1–3, strides 4, 8, 16). A test pixel's
+   score is the mean distance to its κ nearest gallery features (κ = 1 in the paper):
+       d(y, p) = 1/κ Σ_{f ∈ N_κ(F(y, p))} ‖f − F(y, p)‖                            (Eq. 2)
+   The per-layer maps are upsampled to the image and averaged (the paper's "ensemble" pyramid),
+   then smoothed by a Gaussian of σ = 4 pixels.
+
+Distances are Euclidean (not squared), as in the implementation the authors point to
+(byungjae89/SPADE-pytorch). What adlearn does differently from that code (reference/methods.md
+§3, §7.2), and why:
+
+* Distances are computed explicitly over channels as ‖g‖² − 2 g·q + ‖q‖² (one matrix product per
+  block), never with ``torch.pairwise_distance`` on broadcast 4-D tensors: newer PyTorch reduces
+  that over the last dimension instead of the channels and silently breaks the pixel AUROC.
+* The gallery is searched in chunks of ``chunk_size`` vectors and blocks of 2²⁰ distances, so
+  predict memory is bounded by those, never by the training-set size; every vector is searched
+  (the popular loop skips the last N mod 100).
+* The training feature maps are kept once, channels-last, in float16 by default (half the memory;
+  distances are still computed in float32), on the model's device; the popular code keeps
+  float32 copies of the whole training set on the GPU.
+* K > N (fewer training images than neighbours asked for) uses all N images with a warning.
+* The global feature of EfficientNet backbones is the last *stage* of the pyramid (320 channels
+  for Lite0) pooled, not the 1,280-channel head convolution that timm's feature pyramids omit;
+  for ResNets it is exactly the paper's ``avgpool`` feature (layer4 pooled).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..backbones import FeatureExtractor, Pretrained, stage_count
+from ..env import progress_bar
+from ..errors import AdlearnError
+from ..ops import gaussian_blur, upsample
+from .base import AnomalyModel, Prediction, iter_images
+
+__all__ = ["SPADE", "nearest_neighbours"]
+
+GALLERY_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+BLOCK_ENTRIES = 2**20
+"""Distances per block (4 MiB in float32): small enough to stay in the CPU cache, which makes the
+search ≈ 3× faster than one block per gathered chunk."""
+
+
+def nearest_neighbours(query: Tensor, gallery: Tensor, k: int, *, rows: Tensor | None = None,
+                       chunk_size: int = 4096, return_index: bool = True) -> tuple[Tensor, Tensor | None]:
+    """The ``k`` nearest gallery vectors of every query vector, by exact Euclidean distance.
+
+    Args:
+        query: ``float[Q, C]``; its dtype is the precision of the computation.
+        gallery: ``[N, P, C]``: N items (images) of P vectors each, any float dtype and device.
+        k: neighbours per query.
+        rows: which of the N items to search (default: all), e.g. the K retrieved images.
+        chunk_size: gallery vectors gathered (and cast to the query's dtype) at a time, rounded
+            to whole items (at least one).
+        return_index: also return where the neighbours are (skipping it is faster for k = 1).
+
+    Returns ``(distance, index)``, both ``[Q, k]`` sorted by increasing distance; ``index`` counts
+    vectors in the order searched (item ``rows[i]`` holds indices ``i·P … i·P + P − 1``), or is
+    ``None``. Memory: one gathered chunk plus one block of ``BLOCK_ENTRIES`` distances, whatever
+    N and Q are.
+    """
+    n_items, per_item, channels = gallery.shape
+    searched = n_items if rows is None else len(rows)
+    if not 1 <= k <= searched * per_item:
+        raise AdlearnError(f"k={k} neighbours requested from a gallery of {searched * per_item} vectors")
+    step = max(1, chunk_size // per_item)
+    best_d2 = query.new_full((len(query), k), float("inf"))
+    best_i = torch.zeros(len(query), k, dtype=torch.long, device=query.device) if return_index else None
+    for start in range(0, searched, step):
+        items = slice(start, start + step) if rows is None else rows[start : start + step]
+        block = gallery[items].reshape(-1, channels).to(query)
+        block_norm = block.pow(2).sum(1)
+        q_step = max(1, BLOCK_ENTRIES // len(block))
+        for q0 in range(0, len(query), q_step):
+            part = slice(q0, q0 + q_step)
+            # ‖g‖² − 2 q·g for every pair in one matrix product; ‖q‖² (constant per row) comes last
+            partial = torch.addmm(block_norm, query[part], block.T, alpha=-2)
+            kk = min(k, partial.shape[1])
+            if return_index:
+                d2, i = partial.topk(kk, dim=1, largest=False) if kk > 1 else partial.min(dim=1, keepdim=True)
+                merged, pos = torch.cat([best_d2[part], d2], 1).topk(k, dim=1, largest=False)
+                best_i[part] = torch.cat([best_i[part], i + start * per_item], 1).gather(1, pos)
+            else:
+                d2 = (partial.topk(kk, dim=1, largest=False).values if kk > 1
+                      else partial.amin(dim=1, keepdim=True))
+                merged = torch.cat([best_d2[part], d2], 1).topk(k, dim=1, largest=False).values
+            best_d2[part] = merged
+    distance = (best_d2 + query.pow(2).sum(1, keepdim=True)).clamp_min_(0).sqrt_()
+    return distance, best_i
+
+
+class SPADE(AnomalyModel):
+    """SPADE anomaly detection; constructor defaults are the paper's (WRN50-2, K=50, κ=1, σ=4).
+
+    Args:
+        backbone: timm model name (``"wide_resnet50_2"`` in the paper, ``"tf_efficientnet_lite0"`` …).
+        layers: timm ``out_indices`` of the pixel-level pyramid (1, 2, 3 = ResNet layer1–3); the
+            last stage (global feature) is added automatically.
+        k: K, training images retrieved per test image (Eq. 1). The popular repository uses 5.
+            With fewer than K training images, all of them are used (``k_``) and a warning says so.
+        kappa: κ, nearest gallery features averaged per pixel (Eq. 2).
+        sigma: std (pixels) of the Gaussian smoothing of the anomaly map.
+        pretrained: ImageNet weights: ``True`` (error if unavailable), ``"auto"`` (loud fallback to
+            random weights), ``False``.
+        gallery_dtype: storage of the training feature maps: ``"float16"`` (default, half the
+            memory), ``"bfloat16"`` or ``"float32"``; distances are computed in float32 either way.
+        chunk_size: gallery vectors per distance block; bounds predict memory.
+        batch_size: images per forward pass.
+        device: ``None`` = CUDA when present, else CPU.
+    """
+
+    name = "SPADE"
+    _learned_attrs = ("pretrained_", "k_", "feature_shapes_")
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: tuple[int, ...] = (1, 2, 3),
+        k: int = 50,
+        kappa: int = 1,
+        sigma: float = 4.0,
+        pretrained: Pretrained = True,
+        gallery_dtype: str = "float16",
+        chunk_size: int = 4096,
+        batch_size: int = 32,
+        *,
+        device: str | torch.device | None = None,
+    ) -> None:
+        super().__init__(device=device)
+        self.backbone = backbone
+        self.layers = tuple(layers)
+        self.k = k
+        self.kappa = kappa
+        self.sigma = sigma
+        self.pretrained = pretrained
+        self.gallery_dtype = gallery_dtype
+        self.chunk_size = chunk_size
+        self.batch_size = batch_size
+        self.register_buffer("global_features", None)
+        self.register_buffer("gallery", None)
+
+    def _build(self, load_weights: bool) -> None:
+        if len(set(self.layers)) != len(self.layers) or min(self.layers, default=-1) < 0:
+            raise AdlearnError(
+                f"layers={self.layers} must be distinct, non-negative timm out_indices, e.g. (1, 2, 3)"
+            )
+        last = stage_count(self.backbone) - 1
+        self._stages = tuple(sorted({*self.layers, last}))  # timm returns stages in this order
+        self.feature_extractor = FeatureExtractor(
+            self.backbone, self._stages, pretrained=self.pretrained if load_weights else False
+        )
+        self.pretrained_ = self.feature_extractor.pretrained
+
+    # --- features: the global vector f_y and the pyramid F(y, p) -----------------------------
+    def extract(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``(f_y [B, D], [F_l [B, C_l, h_l, w_l] for each layer])`` for images in [0, 1]."""
+        features = dict(zip(self._stages, self.feature_extractor(images)))
+        global_feature = features[self._stages[-1]].mean(dim=(2, 3))  # global average pool
+        return global_feature.float(), [features[layer].float() for layer in self.layers]
+
+    def _layer_galleries(self) -> list[Tensor]:
+        """Views ``[N, h·w, C]`` of the stored gallery, one per pyramid layer."""
+        views, offset = [], 0
+        for c, h, w in self.feature_shapes_:
+            views.append(self.gallery[:, offset : offset + h * w * c].view(len(self.gallery), h * w, c))
+            offset += h * w * c
+        return views
+
+    # --- fit: store the training features -------------------------------------------------------
+    @torch.no_grad()
+    def _fit(self, data: Dataset | DataLoader) -> None:
+        dtype = GALLERY_DTYPES.get(self.gallery_dtype)
+        if dtype is None:
+            raise AdlearnError(
+                f"gallery_dtype={self.gallery_dtype!r}; choose one of {sorted(GALLERY_DTYPES)}"
+            )
+        if self.k < 1 or self.kappa < 1 or self.chunk_size < 1:
+            raise AdlearnError(f"k={self.k}, kappa={self.kappa} and chunk_size={self.chunk_size} must be ≥ 1")
+        global_features, galleries, shapes = [], [], None
+        batches = iter_images(data, self.batch_size, self.device)
+        for images in progress_bar(batches, desc="SPADE fit", unit="batch", leave=False):
+            global_feature, pyramid = self.extract(images)
+            batch_shapes = [tuple(f.shape[1:]) for f in pyramid]
+            if shapes is not None and batch_shapes != shapes:
+                raise AdlearnError(
+                    f"training images differ in size ({tuple(images.shape[-2:])}); resize them to one size"
+                )
+            shapes = batch_shapes
+            global_features.append(global_feature)
+            # channels-last rows: image k's positions p are the gallery vectors F(x_k, p)
+            rows = [f.flatten(2).transpose(1, 2).flatten(1) for f in pyramid]
+            galleries.append(torch.cat(rows, 1).to(dtype))
+        gallery = torch.cat(galleries)
+        del galleries
+        if not torch.isfinite(gallery).all():
+            raise AdlearnError(f"features overflow {self.gallery_dtype}; use gallery_dtype='float32'")
+        self.feature_shapes_ = [(c, h, w) for c, h, w in shapes]
+        self.global_features = torch.cat(global_features)
+        self.gallery = gallery
+        n = len(gallery)
+        self.k_ = min(self.k, n)
+        if self.k > n:
+            warnings.warn(f"SPADE: k={self.k} nearest images asked for but only {n} training images given; "
+                          f"using all {n} (pass k ≤ {n} to silence this)", UserWarning, stacklevel=3)
+
+    # --- predict: Eq. 1, then Eq. 2 on the retrieved images -----------------------------------
+    def retrieve(self, global_feature: Tensor) -> tuple[Tensor, Tensor]:
+        """Image-level kNN: distances and indices ``[B, K]`` of the K nearest training images."""
+        return nearest_neighbours(global_feature, self.global_features.unsqueeze(1), self.k_,
+                                  chunk_size=self.chunk_size)
+
+    def layer_maps(self, pyramid: list[Tensor], neighbours: Tensor) -> list[Tensor]:
+        """Pixel-level kNN (Eq. 2): per layer, ``[B, h_l, w_l]`` mean distance to the κ nearest
+        features among all positions of each image's retrieved training images ``neighbours [B, K]``."""
+        maps = []
+        for feature, gallery in zip(pyramid, self._layer_galleries()):
+            b, c, h, w = feature.shape
+            size = neighbours.shape[1] * gallery.shape[1]
+            if self.kappa > size:
+                raise AdlearnError(f"kappa={self.kappa} exceeds the {size} gallery features of this layer")
+            queries = feature.flatten(2).transpose(1, 2)  # [B, h·w, C]
+            per_image = [
+                nearest_neighbours(q, gallery, self.kappa, rows=rows, chunk_size=self.chunk_size,
+                                   return_index=False)[0].mean(1)
+                for q, rows in zip(queries, neighbours)
+            ]
+            maps.append(torch.stack(per_image).view(b, h, w))
+        return maps
+
+    def _predict(self, images: Tensor) -> Prediction:
+        global_feature, pyramid = self.extract(images)
+        distances, neighbours = self.retrieve(global_feature)
+        size = images.shape[-2:]
+        layer_maps = [upsample(m, size) for m in self.layer_maps(pyramid, neighbours)]
+        anomaly_map = gaussian_blur(torch.stack(layer_maps).mean(0), self.sigma)
+        return Prediction(score=distances.mean(1), anomaly_map=anomaly_map)  # score: Eq. 1

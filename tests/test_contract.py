@@ -16,11 +16,16 @@ from adlearn.models import REGISTRY, Prediction, build
 
 TINY: dict[str, dict] = {
     "MeanImage": {"sigma": 1.0},
+    # a 32-px network trained for a few epochs (seeded augmentation included: the seed test covers it)
     "AutoEncoder": {"input_size": 32, "epochs": 8, "lr": 2e-3, "batch_size": 4, "augment": {"rotate_deg": 2.0},
                     "sigma": 1.0},
     "VAE": {"input_size": 32, "epochs": 8, "lr": 2e-3, "batch_size": 4, "augment": None, "sigma": 1.0},
     "PaDiM": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto", "d": 20, "sigma": 1.0},
     "SPADE": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto", "k": 5, "sigma": 1.0, "chunk_size": 100},
+    # a 2-level UNet denoising at 32 px; one epoch of domain adaptation so that save/load covers φ̂
+    "DDAD": {"input_size": 32, "base_channels": 16, "channel_mults": (1, 2), "layers_per_block": 1,
+             "attention_levels": (), "epochs": 40, "lr": 2e-3, "batch_size": 8,
+             "backbone": "tf_efficientnet_lite0", "pretrained": "auto", "sigma": 1.0, "da_epochs": 1},
 }
 
 

@@ -16,13 +16,14 @@ from ..profiles import Profile, get_profile
 from .autoencoder import AutoEncoder
 from .base import REGISTRY, AnomalyModel, Prediction, load
 from .baseline import MeanImage
+from .ddad import DDAD
 from .padim import PaDiM
 from .spade import SPADE
 from .vae import VAE
 
 __all__ = [
     "REGISTRY", "AnomalyModel", "Prediction", "build", "load",
-    "MeanImage", "AutoEncoder", "VAE", "PaDiM", "SPADE",
+    "MeanImage", "AutoEncoder", "VAE", "PaDiM", "SPADE", "DDAD",
 ]
 
 

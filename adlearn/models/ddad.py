@@ -1,0 +1,354 @@
+"""DDAD — Anomaly Detection with Conditioned Denoising Diffusion Models
+(Mousakhan, Brox & Tayyub, DAGM GCPR 2024, arXiv:2305.15956; code: arimousa/DDAD).
+
+A diffusion denoiser ε_θ is trained on the nominal images of one category (DDPM loss, linear β
+from 1e-4 to 0.02, T = 1000). At test time the image y is noised to T' = 250 and denoised back
+with 10 DDIM steps (η = 1), each step pulled towards y itself:
+
+    y_t = √ᾱ_t · y + √(1 − ᾱ_t) · ε_θ(x_t, t)
+    ε̂  = ε_θ(x_t, t) − w · √(1 − ᾱ_t) · (y_t − x_t)                    (conditioning, "Eq. 7")
+
+so the reconstruction x̂₀ keeps y's nominal content and repairs what the denoiser has never seen.
+The anomaly map compares x̂₀ with y:
+
+    f_d = Σ_{l∈{2,3}} up(1 − cos(φ_l(x̂₀), φ_l(y)))    (3×3-averaged features of a pretrained CNN)
+    i_d = mean_RGB |x̂₀ − y|                              (pixels, in [-1, 1])
+    A   = blur_σ=4(f_d + v · s · i_d),   image score = max A,
+
+and φ may first be *domain-adapted*: a trainable copy φ̂ is pulled, with AdamW (lr 1e-4), to
+give the same features to a reconstruction x̂₀ (of x conditioned on another nominal image y,
+w_DA = 3) and to y, while two λ-weighted terms keep it close to the frozen φ:
+
+    L_DA = Σ_l (1 − cos(φ̂_l(x̂₀), φ̂_l(y))) + λ(1 − cos(φ̂_l(y), φ_l(y))) + λ(1 − cos(φ̂_l(x̂₀), φ_l(x̂₀)))
+
+(Equation numbers follow a secondary summary and the author's issue replies; methods.md §8.)
+
+What adlearn does differently from the official code (reference/methods.md §4, §7.3), and why:
+
+* **The pixel scale s is fixed at fit time.** The official code uses s = max f_d / max i_d over
+  the *test batch* ("Eq. 9"), so an image's score depends on its neighbours and on the test batch
+  size (issues #20, #30). adlearn computes the same ratio once, on held-out nominal images of the
+  training set (the validation split), and stores it with the model.
+* **Seeded noise, shared by the batch.** Sampling is stochastic (η = 1); every image draws the
+  same noise sequence ``[1,C,H,W]`` from a generator seeded by ``seed``, so ``predict`` is
+  reproducible and independent of the batch.
+* **The first DDIM step is taken at the noise level the image was given** (t = 250, 225, …, 25,
+  then the clean image); the official code noises to 250 but calls the network with t = 225 first.
+* **An internal resolution** ``input_size`` for the denoiser (the paper: 256, the image size);
+  the fast and book profiles denoise at 32–64 px. Both images are then brought back to the
+  input's H×W before the backbone, so the feature map keeps a fine grid and the two images carry
+  the same detail; maps are returned at the input's H×W.
+* Domain adaptation runs φ̂ once on x̂₀ and y concatenated (one forward pass, so it also runs
+  under DDP); the official code makes two passes, so its BatchNorm sees the two halves apart.
+* The denoiser and the domain adaptation are trained by :func:`adlearn.training.train` (one
+  loop for CPU, GPU, multi-GPU DDP and mixed precision); the denoiser's best epoch is chosen on
+  the validation split's loss, never on the test set.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..backbones import FeatureExtractor, Pretrained
+from ..diffusion import (
+    alpha_bar_at,
+    alpha_bar_table,
+    ddim_sample,
+    ddim_timesteps,
+    epsilon_loss,
+    make_unet,
+    q_sample,
+    resize,
+    seeded_noise,
+    to_signed,
+    to_unit,
+    unet_epsilon,
+)
+from ..env import progress_bar
+from ..errors import AdlearnError
+from ..ops import gaussian_blur, upsample
+from ..training import Precision, split_validation, train
+from .base import AnomalyModel, Prediction, as_dataset, iter_images
+
+__all__ = ["DDAD"]
+
+
+class DDAD(AnomalyModel):
+    """DDAD; constructor defaults are the paper's (MVTec AD config @4323a15, methods.md §4.1).
+
+    Args:
+        input_size: side of the square images the denoiser sees (paper: 256 = the image size).
+        base_channels, channel_mults, layers_per_block, attention_levels, heads, dropout: the UNet
+            (paper: 64, (1,1,2,2,4,4), 2, attention at levels 3–5 = 32², 16², 8², 4 heads, 0.0).
+        epochs, lr, weight_decay, batch_size: denoiser training (paper: checkpoint at 2000 epochs,
+            Adam 3e-4 with L2 0.05, batch 32; the loss sums over pixels, as the official code).
+        val_fraction: share of the training images held out to pick the best epoch and to fix
+            the pixel scale s (never test images).
+        mixed_precision: ``"auto"`` (fp16 on CUDA), ``"no"``, ``"fp16"`` or ``"bf16"``.
+        test_steps: T', the step the test image is noised to (paper 250).
+        skip: DDIM stride (paper 25, so 10 steps).
+        eta: DDIM stochasticity η (paper 1).
+        w: conditioning strength at test time (paper default 2; 0 = plain denoising).
+        v: weight of the pixel distance in the fused map (paper 1 for MVTec AD).
+        backbone, layers: the feature extractor and the layers of f_d (paper: WRN101-2, layer2–3).
+        pretrained: ImageNet weights: ``True``, ``"auto"`` (loud fallback to random) or ``False``.
+        sigma: std (pixels, at the input's resolution) of the Gaussian smoothing of the map.
+        da_epochs: domain-adaptation epochs of the feature extractor (paper config: 4; 0 = off).
+        w_da, da_lambda, da_lr, da_batch_size, da_layers: domain adaptation (paper: 3, 0.1,
+            AdamW 1e-4, 16 — each batch split in halves x and y, layer1–3).
+        seed: seeds the UNet's initialisation, the training and the sampling noise.
+        device: ``None`` = CUDA when present, else CPU.
+    """
+
+    name = "DDAD"
+    _learned_attrs = ("pretrained_", "train_loss_", "val_loss_", "da_loss_")
+
+    def __init__(
+        self,
+        input_size: int = 256,
+        base_channels: int = 64,
+        channel_mults: tuple[int, ...] = (1, 1, 2, 2, 4, 4),
+        layers_per_block: int = 2,
+        attention_levels: tuple[int, ...] = (3, 4, 5),
+        heads: int = 4,
+        dropout: float = 0.0,
+        epochs: int = 2000,
+        lr: float = 3e-4,
+        weight_decay: float = 0.05,
+        batch_size: int = 32,
+        val_fraction: float = 0.1,
+        mixed_precision: Precision = "auto",
+        test_steps: int = 250,
+        skip: int = 25,
+        eta: float = 1.0,
+        w: float = 2.0,
+        v: float = 1.0,
+        backbone: str = "wide_resnet101_2",
+        layers: tuple[int, ...] = (2, 3),
+        pretrained: Pretrained = True,
+        sigma: float = 4.0,
+        da_epochs: int = 4,
+        w_da: float = 3.0,
+        da_lambda: float = 0.1,
+        da_lr: float = 1e-4,
+        da_batch_size: int = 16,
+        da_layers: tuple[int, ...] = (1, 2, 3),
+        seed: int = 42,
+        *,
+        device: str | torch.device | None = None,
+    ) -> None:
+        super().__init__(device=device)
+        self.input_size = input_size
+        self.base_channels = base_channels
+        self.channel_mults = tuple(channel_mults)
+        self.layers_per_block = layers_per_block
+        self.attention_levels = tuple(attention_levels)
+        self.heads = heads
+        self.dropout = dropout
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.mixed_precision = mixed_precision
+        self.test_steps = test_steps
+        self.skip = skip
+        self.eta = eta
+        self.w = w
+        self.v = v
+        self.backbone = backbone
+        self.layers = tuple(layers)
+        self.pretrained = pretrained
+        self.sigma = sigma
+        self.da_epochs = da_epochs
+        self.w_da = w_da
+        self.da_lambda = da_lambda
+        self.da_lr = da_lr
+        self.da_batch_size = da_batch_size
+        self.da_layers = tuple(da_layers)
+        self.seed = seed
+        self.register_buffer("pixel_scale", None)
+
+    # --- sub-modules ---------------------------------------------------------------------------
+    def _extractor_layers(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.layers) | set(self.da_layers)))  # shallow layers cost nothing extra
+
+    def _build(self, load_weights: bool) -> None:
+        self.unet = make_unet(self.input_size, self.base_channels, self.channel_mults, self.layers_per_block,
+                              self.attention_levels, self.heads, self.dropout, seed=self.seed)
+        self.feature_extractor = FeatureExtractor(
+            self.backbone, self._extractor_layers(), pretrained=self.pretrained if load_weights else False
+        )
+        self.pretrained_ = self.feature_extractor.pretrained
+        self.register_buffer("alpha_bar", alpha_bar_table(), persistent=False)  # T = 1000, β 1e-4 → 0.02
+        self.trajectory = ddim_timesteps(self.test_steps, self.skip)
+        if not self.test_steps < len(self.alpha_bar):
+            raise AdlearnError(f"test_steps={self.test_steps} must be below T={len(self.alpha_bar)}")
+
+    def features(self, images: Tensor, layers: tuple[int, ...] | None = None,
+                 network: nn.Module | None = None) -> list[Tensor]:
+        """Features of ``layers`` (timm indices; default: those of f_d) of images in [0,1]; ``network``: φ."""
+        layers = self.layers if layers is None else layers
+        every = (network or self.feature_extractor)(images)
+        position = {layer: i for i, layer in enumerate(self._extractor_layers())}
+        return [every[position[layer]] for layer in layers]
+
+    # --- fit: the denoiser, then domain adaptation, then the pixel scale ------------------------
+    def _fit(self, data: Dataset | DataLoader) -> None:
+        dataset = data.dataset if isinstance(data, DataLoader) else data  # train() makes its own loader
+        history = train(
+            self.unet, self.denoising_loss, dataset, epochs=self.epochs, lr=self.lr,
+            batch_size=self.batch_size, optimizer="adam", weight_decay=self.weight_decay, grad_clip=None,
+            mixed_precision=self.mixed_precision, val_fraction=self.val_fraction, seed=self.seed,
+            device=self.device, desc="DDAD denoiser",
+        )
+        self.train_loss_, self.val_loss_, self.da_loss_ = history.train_loss, history.val_loss, []
+        self.adapt_features(dataset, self.da_epochs)
+
+    def adapt_features(self, data: Dataset | DataLoader | Tensor, epochs: int) -> DDAD:
+        """Domain-adapt the feature extractor for ``epochs`` on nominal ``data``, then fix the pixel scale.
+
+        ``fit`` calls it with ``da_epochs`` (0: only the pixel scale). Called again by hand, it
+        adapts further, anchored (the λ terms) to the extractor as it is then; ``len(da_loss_)``
+        counts the epochs the extractor has had. The pixel scale s is fixed on the validation
+        split of ``data`` (the images the denoiser did not train on).
+        """
+        if not self._built:
+            raise AdlearnError("DDAD is not fitted yet: call .fit(train_data) before adapt_features")
+        data = as_dataset(data)
+        data = data.dataset if isinstance(data, DataLoader) else data
+        train_set, held_out = split_validation(data, self.val_fraction, self.seed)  # the split train() makes
+        if epochs > 0:
+            self._adapt(train_set, epochs)
+        self.pixel_scale = self._pixel_scale(held_out if held_out is not None else train_set)
+        return self
+
+    def denoising_loss(self, unet: nn.Module, images: Tensor) -> Tensor:
+        """The DDPM loss on images in [0,1], at ``input_size`` and in [-1, 1] (summed over pixels)."""
+        return epsilon_loss(unet, to_signed(resize(images, self.input_size)), self.alpha_bar, reduction="sum")
+
+    def _adapt(self, train_set: Dataset, epochs: int) -> None:
+        """Fine-tune φ̂ (this model's extractor) against a frozen copy φ with L_DA (methods.md §4.5)."""
+        if len(train_set) < 2:
+            raise AdlearnError("domain adaptation pairs training images: it needs ≥ 2; set da_epochs=0")
+        frozen = copy.deepcopy(self.feature_extractor).eval()
+        adapted = self._trainable_part(self.feature_extractor)
+        history = train(
+            adapted, lambda network, images: self.adaptation_loss(network, frozen, images), train_set,
+            epochs=epochs, lr=self.da_lr, batch_size=self.da_batch_size, optimizer="adamw",
+            weight_decay=0.01, grad_clip=None, mixed_precision=self.mixed_precision, val_fraction=0,
+            seed=self.seed, device=self.device, desc="DDAD domain adaptation",
+        )
+        adapted.requires_grad_(False).eval()
+        self.da_loss_ = [*self.da_loss_, *history.train_loss]
+
+    def _trainable_part(self, extractor: nn.Module) -> nn.Module:
+        """Make trainable the parameters that L_DA reaches (timm keeps blocks past the last used layer;
+        DDP refuses parameters without a gradient, and there is nothing to learn in them)."""
+        extractor.requires_grad_(True)
+        probe = torch.zeros(1, 3, self.input_size, self.input_size, device=self.device)
+        sum(f.sum() for f in self.features(probe, self.da_layers, extractor)).backward()
+        for parameter in extractor.parameters():
+            parameter.requires_grad_(parameter.grad is not None)
+            parameter.grad = None
+        return extractor
+
+    def adaptation_loss(self, adapted: nn.Module, frozen: nn.Module, images: Tensor) -> Tensor:
+        """L_DA on a batch split in halves: targets y and inputs x, reconstructed towards y with w_DA."""
+        half = len(images) // 2
+        if half == 0:
+            raise AdlearnError("a domain-adaptation batch needs ≥ 2 images; raise da_batch_size")
+        size = images.shape[-2:]
+        y = to_signed(resize(images[:half], self.input_size))
+        x = to_signed(resize(images[half : 2 * half], self.input_size))
+        with torch.no_grad():
+            x0_hat = self.denoise(x, y, self.w_da, seeded=False)
+        pair = torch.cat([self._backbone_view(x0_hat, size), self._backbone_view(y, size)])
+        ours = self.features(pair, self.da_layers, adapted)
+        with torch.no_grad():
+            theirs = self.features(pair, self.da_layers, frozen)
+        loss = pair.new_zeros(())
+        for f_hat, f in zip(ours, theirs):
+            r_hat, y_hat, r, y_ref = *f_hat.flatten(1).chunk(2), *f.flatten(1).chunk(2)
+            loss = loss + (1 - F.cosine_similarity(r_hat, y_hat)).mean()
+            loss = loss + self.da_lambda * (1 - F.cosine_similarity(y_hat, y_ref)).mean()
+            loss = loss + self.da_lambda * (1 - F.cosine_similarity(r_hat, r)).mean()
+        return loss
+
+    @torch.no_grad()
+    def _pixel_scale(self, nominal: Dataset) -> Tensor:
+        """s = max f_d / max i_d over held-out nominal images: the official batch ratio, fixed once."""
+        max_f, max_i = 0.0, 0.0
+        batches = iter_images(nominal, self.batch_size, self.device)
+        for images in progress_bar(batches, desc="DDAD pixel scale", unit="batch", leave=False):
+            feature, pixel, _ = self.distance_maps(images)
+            max_f, max_i = max(max_f, feature.max().item()), max(max_i, pixel.max().item())
+        if max_i <= 0:
+            raise AdlearnError("the reconstructions equal the nominal images exactly: cannot scale i_d")
+        return torch.tensor(max_f / max_i, device=self.device)
+
+    # --- conditioned denoising (Section 3.2) ----------------------------------------------------
+    def denoise(self, x: Tensor, y: Tensor, w: float, *, seeded: bool = True) -> Tensor:
+        """x̂₀: ``x`` (in [-1, 1]) noised to T' and denoised with DDIM, each step conditioned on ``y``.
+
+        ``seeded``: the noise comes from ``seed`` and is shared by the batch (``predict``);
+        otherwise from torch's RNG (domain adaptation).
+        """
+        count = 1 + len(self.trajectory)
+        noises = seeded_noise(self.seed, (1, *x.shape[1:]), count, x.device) if seeded else None
+        start = self.trajectory[0][0]
+        x_t = q_sample(x, start, self.alpha_bar, noises[0] if seeded else torch.randn_like(x))
+        return ddim_sample(lambda x_t, t: self.conditioned_epsilon(x_t, t, y, w), x_t, self.trajectory,
+                           self.alpha_bar, self.eta, noises[1:] if seeded else None)
+
+    def conditioned_epsilon(self, x_t: Tensor, t: int, y: Tensor, w: float) -> Tensor:
+        """ε̂ = ε_θ(x_t,t) − w·√(1−ᾱ_t)·(y_t − x_t), with y_t = √ᾱ_t·y + √(1−ᾱ_t)·ε_θ(x_t,t) ("Eq. 7")."""
+        eps = unet_epsilon(self.unet, x_t, t)
+        alpha_bar_t = alpha_bar_at(self.alpha_bar, t)
+        y_t = alpha_bar_t.sqrt() * y + (1 - alpha_bar_t).sqrt() * eps
+        return eps - w * (1 - alpha_bar_t).sqrt() * (y_t - x_t)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor, w: float | None = None) -> Tensor:
+        """The conditioned reconstruction of images in [0,1] (``w=0``: unconditioned), at their H×W."""
+        self._check_fitted()
+        images = images.to(self.device)
+        y = to_signed(resize(images, self.input_size))
+        return resize(to_unit(self.denoise(y, y, self.w if w is None else w)), images.shape[-2:]).clamp(0, 1)
+
+    # --- the anomaly map (Section 3.3) ----------------------------------------------------------
+    def _backbone_view(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        """An image in [-1, 1] at ``input_size`` as the backbone sees it: in [0,1], at the input's H×W."""
+        return resize(to_unit(x), size)
+
+    @torch.no_grad()
+    def distance_maps(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Feature distance f_d, pixel distance i_d (``[B,H,W]``) and x̂₀ (``[B,3,H,W]``) of images in [0,1].
+
+        All three at the input's H×W; x̂₀ in [0,1].
+        """
+        size = images.shape[-2:]
+        y = to_signed(resize(images, self.input_size))
+        x0_hat = self.denoise(y, y, self.w)
+        pixel = upsample((x0_hat - y).abs().mean(1), size)
+        reconstruction, target = self._backbone_view(x0_hat, size), self._backbone_view(y, size)
+        feature = torch.zeros_like(pixel)
+        for f_r, f_y in zip(self.features(reconstruction, self.layers), self.features(target, self.layers)):
+            patch_r, patch_y = F.avg_pool2d(f_r, 3, 1, 1), F.avg_pool2d(f_y, 3, 1, 1)  # 3×3 neighbourhood
+            feature += upsample(1 - F.cosine_similarity(patch_r, patch_y, dim=1), size)
+        return feature, pixel, reconstruction
+
+    def _predict(self, images: Tensor) -> Prediction:
+        feature, pixel, reconstruction = self.distance_maps(images)
+        anomaly_map = gaussian_blur(feature + self.v * self.pixel_scale * pixel, self.sigma)
+        score = anomaly_map.amax(dim=(1, 2))
+        return Prediction(score=score, anomaly_map=anomaly_map, reconstruction=reconstruction)
+
+    def _check_fitted(self) -> None:
+        if not self.fitted_:
+            raise AdlearnError("DDAD is not fitted yet: call .fit(train_data) first")

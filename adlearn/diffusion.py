@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor, nn
 
-from .env import progress_bar
+from .env import progress_bar, seeded
 from .errors import AdlearnError
 
 __all__ = [
@@ -235,8 +235,7 @@ def make_unet(
     channels = tuple(base_channels * m for m in channel_mults)
     down = tuple("AttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in range(len(channels)))
     up = tuple(b.replace("Down", "Up") for b in reversed(down))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return UNet2DModel(
             sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
             block_out_channels=channels, down_block_types=down, up_block_types=up,

@@ -13,13 +13,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from .profiles import Profile, get_profile
 T = TypeVar("T")
 
 __all__ = ["Config", "setup", "current_profile", "default_device", "resolve_device", "data_dir", "in_colab",
-           "progress_bar"]
+           "progress_bar", "seeded", "seed_everything"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,19 @@ def progress_bar(iterable: Iterable[T] | None = None, *, enabled: bool = True, *
     """
     quiet = os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
     return tqdm(iterable, disable=quiet or not enabled, **kwargs)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Run a block with torch's RNG seeded, leaving the caller's RNG state as it was.
+
+    For reproducible random initialisation and fixed validation noise; ``device``: also fork
+    that CUDA device's generator.
+    """
+    devices = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def seed_everything(seed: int) -> None:

@@ -30,7 +30,7 @@ from accelerate.state import AcceleratorState, PartialState
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .env import progress_bar
+from .env import progress_bar, seeded
 from .errors import AdlearnError
 from .models.base import check_images, images_of
 
@@ -114,8 +114,7 @@ def _validate(network: nn.Module, loss_fn: LossFn, loader: DataLoader, device: t
     """Mean validation loss with the same noise every epoch, so epochs compare fairly."""
     network.eval()
     total, count = 0.0, 0
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded(seed, device):
         for images in _batches(loader, None, device):
             with autocast():
                 total += loss_fn(network, images).float().item() * len(images)

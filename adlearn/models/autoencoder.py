@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..augment import Augment
+from ..env import seeded
 from ..errors import AdlearnError
 from ..ops import gaussian_blur, resize, ssim_map, upsample
 from ..training import Precision, train
@@ -220,8 +221,7 @@ class AutoEncoder(AnomalyModel):
 
     # --- the network ------------------------------------------------------------------------
     def _build(self, load_weights: bool) -> None:
-        with torch.random.fork_rng(devices=[]):  # seeded initial weights, the user's RNG untouched
-            torch.manual_seed(self.seed)
+        with seeded(self.seed):  # seeded initial weights, the user's RNG untouched
             self.network = self._make_network()
 
     def _make_network(self) -> nn.Module:

@@ -205,8 +205,7 @@ class AnomalyModel(nn.Module):
     @torch.inference_mode()
     def predict(self, images: Tensor, *, batch_size: int | None = None) -> Prediction:
         """Score a batch ``float[B,3,H,W]`` in [0,1]; returns a :class:`Prediction` on the model's device."""
-        if not self.fitted_:
-            raise AdlearnError(f"{type(self).__name__} is not fitted yet: call .fit(train_data) first")
+        self._check_fitted()
         images = check_images(images).to(self.device)
         self.eval()
         step = batch_size or getattr(self, "batch_size", None) or len(images)
@@ -219,6 +218,11 @@ class AnomalyModel(nn.Module):
                 f"{tuple(pred.anomaly_map.shape)} for input {tuple(images.shape)}"
             )
         return pred
+
+    def _check_fitted(self) -> None:
+        """Refuse to use a model before ``fit`` (or :func:`load`) gave it its learned state."""
+        if not self.fitted_:
+            raise AdlearnError(f"{type(self).__name__} is not fitted yet: call .fit(train_data) first")
 
     # --- hooks for subclasses --------------------------------------------------------------
     def _build(self, load_weights: bool) -> None:

@@ -230,7 +230,7 @@ class DDAD(AnomalyModel):
 
     def denoising_loss(self, unet: nn.Module, images: Tensor) -> Tensor:
         """The DDPM loss on images in [0,1], at ``input_size`` and in [-1, 1] (summed over pixels)."""
-        return epsilon_loss(unet, to_signed(resize(images, self.input_size)), self.alpha_bar, reduction="sum")
+        return epsilon_loss(unet, self._denoiser_view(images), self.alpha_bar, reduction="sum")
 
     def _adapt(self, train_set: Dataset, epochs: int) -> None:
         """Fine-tune φ̂ (this model's extractor) against a frozen copy φ with L_DA (methods.md §4.5)."""
@@ -264,8 +264,8 @@ class DDAD(AnomalyModel):
         if half == 0:
             raise AdlearnError("a domain-adaptation batch needs ≥ 2 images; raise da_batch_size")
         size = images.shape[-2:]
-        y = to_signed(resize(images[:half], self.input_size))
-        x = to_signed(resize(images[half : 2 * half], self.input_size))
+        y = self._denoiser_view(images[:half])
+        x = self._denoiser_view(images[half : 2 * half])
         with torch.no_grad():
             x0_hat = self.denoise(x, y, self.w_da, seeded=False)
         pair = torch.cat([self._backbone_view(x0_hat, size), self._backbone_view(y, size)])
@@ -318,10 +318,14 @@ class DDAD(AnomalyModel):
         """The conditioned reconstruction of images in [0,1] (``w=0``: unconditioned), at their H×W."""
         self._check_fitted()
         images = images.to(self.device)
-        y = to_signed(resize(images, self.input_size))
+        y = self._denoiser_view(images)
         return resize(to_unit(self.denoise(y, y, self.w if w is None else w)), images.shape[-2:]).clamp(0, 1)
 
     # --- the anomaly map (Section 3.3) ----------------------------------------------------------
+    def _denoiser_view(self, images: Tensor) -> Tensor:
+        """Images in [0,1] as the denoiser sees them: at ``input_size``, in [-1, 1]."""
+        return to_signed(resize(images, self.input_size))
+
     def _backbone_view(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         """An image in [-1, 1] at ``input_size`` as the backbone sees it: in [0,1], at the input's H×W."""
         return resize(to_unit(x), size)
@@ -333,7 +337,7 @@ class DDAD(AnomalyModel):
         All three at the input's H×W; x̂₀ in [0,1].
         """
         size = images.shape[-2:]
-        y = to_signed(resize(images, self.input_size))
+        y = self._denoiser_view(images)
         x0_hat = self.denoise(y, y, self.w)
         pixel = upsample((x0_hat - y).abs().mean(1), size)
         reconstruction, target = self._backbone_view(x0_hat, size), self._backbone_view(y, size)
@@ -348,7 +352,3 @@ class DDAD(AnomalyModel):
         anomaly_map = gaussian_blur(feature + self.v * self.pixel_scale * pixel, self.sigma)
         score = anomaly_map.amax(dim=(1, 2))
         return Prediction(score=score, anomaly_map=anomaly_map, reconstruction=reconstruction)
-
-    def _check_fitted(self) -> None:
-        if not self.fitted_:
-            raise AdlearnError("DDAD is not fitted yet: call .fit(train_data) first")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ._version import __version__
 from .errors import AdlearnError
 from .profiles import Profile, get_profile
 
@@ -47,8 +48,6 @@ class Config:
     in_colab: bool
 
     def summary(self) -> str:
-        from . import __version__
-
         gpu = ""
         if self.device.type == "cuda":
             props = torch.cuda.get_device_properties(self.device)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .._version import __version__
 from ..env import resolve_device
 from ..errors import AdlearnError
 
@@ -252,8 +253,6 @@ class AnomalyModel(nn.Module):
         """Write hyper-parameters and every learned tensor to ``path`` (a ``torch.save`` file)."""
         if not self.fitted_:
             raise AdlearnError(f"{type(self).__name__} is not fitted: there is nothing to save yet")
-        from .. import __version__
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.state_dict().items() if isinstance(v, Tensor)}

@@ -86,6 +86,14 @@ FAST = Profile(
                      "layers_per_block": 1, "attention_levels": (), "epochs": 60, "lr": 2e-3, "batch_size": 8,
                      "backbone": "tf_efficientnet_lite0", "pretrained": "auto", "sigma": _sigma(128),
                      "da_epochs": 0},
+            # one model for both categories: a 0.3 M autoencoder (f4) at 64 px, a 1.6 M latent UNet on
+            # 16×16×4 latents pretrained as a plain LDM, then guided; maps come back at 128 px
+            "DiAD": {"input_size": 64, "vae_channels": (16, 32, 64), "vae_layers_per_block": 1,
+                     "unet_channels": (32, 64, 64), "attention_levels": (1,), "heads": 4,
+                     "cross_attention_dim": 32, "hint_channels": (16, 32, 64), "sd_weights": False,
+                     "vae_epochs": 20, "vae_lr": 2e-3, "vae_batch_size": 8, "pretrain_epochs": 20,
+                     "pretrain_lr": 2e-3, "epochs": 20, "lr": 1e-3, "batch_size": 8,
+                     "backbone": "tf_efficientnet_lite0", "pretrained": "auto", "sigma": 5.0 * 128 / 256},
         }
     ),
 )
@@ -113,6 +121,14 @@ BOOK = Profile(
             "DDAD": {"input_size": 64, "base_channels": 16, "channel_mults": (1, 2, 4, 4),
                      "layers_per_block": 1, "attention_levels": (3,), "epochs": 300, "lr": 1e-3,
                      "batch_size": 16, "backbone": "tf_efficientnet_lite0", "pretrained": "auto", "da_epochs": 2},
+            # one model for all four categories: images of 256 px seen at 128 px, a 0.6 M kl-f8-shaped
+            # autoencoder (16×16×4 latents), a 3.9 M latent UNet pretrained as a plain LDM, then guided
+            "DiAD": {"input_size": 128, "vae_channels": (16, 32, 64, 64), "vae_layers_per_block": 1,
+                     "unet_channels": (32, 64, 128), "attention_levels": (1, 2), "heads": 4,
+                     "cross_attention_dim": 64, "hint_channels": (16, 32, 64, 96), "sd_weights": False,
+                     "vae_epochs": 30, "vae_lr": 1e-3, "vae_batch_size": 8, "pretrain_epochs": 40,
+                     "pretrain_lr": 1e-3, "epochs": 40, "lr": 5e-4, "batch_size": 16,
+                     "backbone": "tf_efficientnet_lite0", "pretrained": "auto"},
         }
     ),
 )
@@ -135,6 +151,7 @@ PAPER = Profile(
             "PaDiM": {"backbone": "wide_resnet50_2"},
             "SPADE": {},  # the constructor defaults are the paper's: WRN50-2, K=50, κ=1, σ=4
             "DDAD": {},  # the constructor defaults are the paper's: 33 M UNet at 256 px, WRN101-2, w=2, DA
+            "DiAD": {},  # the constructor defaults: SD-1.5 VAE + UNet (from its weights), ResNet-50, σ=5
         }
     ),
 )

@@ -26,6 +26,10 @@ TINY: dict[str, dict] = {
     "DDAD": {"input_size": 32, "base_channels": 16, "channel_mults": (1, 2), "layers_per_block": 1,
              "attention_levels": (), "epochs": 40, "lr": 2e-3, "batch_size": 8,
              "backbone": "tf_efficientnet_lite0", "pretrained": "auto", "sigma": 1.0, "da_epochs": 1},
+    # a 32-px, f4 autoencoder and a 2-level latent UNet on 8×8 latents, every stage for a few epochs
+    "DiAD": {"input_size": 32, "vae_channels": (16, 32, 32), "hint_channels": (16, 32, 32), "unet_channels": (16, 32),
+             "attention_levels": (1,), "cross_attention_dim": 16, "vae_epochs": 10, "pretrain_epochs": 10,
+             "epochs": 10, "sigma": 1.0},
 }
 
 

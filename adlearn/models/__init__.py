@@ -17,13 +17,14 @@ from .autoencoder import AutoEncoder
 from .base import REGISTRY, AnomalyModel, Prediction, load
 from .baseline import MeanImage
 from .ddad import DDAD
+from .diad import DiAD
 from .padim import PaDiM
 from .spade import SPADE
 from .vae import VAE
 
 __all__ = [
     "REGISTRY", "AnomalyModel", "Prediction", "build", "load",
-    "MeanImage", "AutoEncoder", "VAE", "PaDiM", "SPADE", "DDAD",
+    "MeanImage", "AutoEncoder", "VAE", "PaDiM", "SPADE", "DDAD", "DiAD",
 ]
 
 

@@ -87,16 +87,16 @@ Parameter counts (on the meta device; checked by ``tests/test_diad.py``)
 =========  ============  ============  ============  ============  ================
 profile    autoencoder   denoiser      SG network    SFF           trained in stage 3
 =========  ============  ============  ============  ============  ================
-fast       0.29 M        1.59 M        0.86 M        0.15 M        1.89 M
-book       0.58 M        3.92 M        2.12 M        0.59 M        4.68 M
-paper      83.65 M       859.52 M      361.28 M      117.99 M      1 227.45 M
-colab-t4   83.65 M       215.18 M      90.42 M       29.50 M       307.56 M
+fast       0.24 M        1.43 M        0.70 M        0.14 M        1.62 M
+book       0.98 M        6.08 M        2.89 M        0.46 M        6.76 M
+paper      83.65 M       859.52 M      361.28 M      110.60 M      982.69 M
+colab-t4   83.65 M       219.79 M      93.03 M       27.65 M       251.03 M
 =========  ============  ============  ============  ============  ================
 
 The paper profile is SD-1.5's architecture (VAE kl-f8, UNet 320·(1,2,4,4), 8 heads, context 768)
 and starts from its weights (``sd_weights=True``, from the Hugging Face cache or hub). With AdamW
 it needs a ≥ 32 GB GPU, like the official run (V100 32 GB; 24 GB is not enough, DiAD issue #45).
-:data:`COLAB_T4` is a documented smaller variant for a 16 GB Colab T4: half the UNet width, fp16,
+:data:`COLAB_T4` is a documented smaller variant for a 16 GB Colab T4: half the UNet width (a quarter of its parameters), fp16,
 gradient checkpointing, batch 4, trained from scratch (SD's weights do not fit its shape):
 ``build("DiAD", "paper", **COLAB_T4)``.
 """
@@ -136,8 +136,8 @@ COLAB_T4: MappingProxyType = MappingProxyType({
     "unet_channels": (160, 320, 640, 640), "sd_weights": False, "pretrain_epochs": 200,
     "mixed_precision": "fp16", "gradient_checkpointing": True, "batch_size": 4,
 })
-"""Overrides of the paper profile that fit a 16 GB T4 (fp16 AdamW states stay fp32: ≈ 5 GB for the
-trained 308 M parameters, activations cut by checkpointing)."""
+"""Overrides of the paper profile that fit a 16 GB T4: the trained 251 M parameters with fp32 AdamW
+state take ≈ 4 GB, the frozen rest ≈ 0.6 GB; fp16 autocast and checkpointing keep the activations small."""
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -536,6 +536,7 @@ class DiAD(AnomalyModel):
         twin._ensure_built(load_weights=False)
         twin.vae.load_state_dict(self.vae.state_dict())
         twin.denoiser.unet.load_state_dict(self.denoiser.unet.state_dict())
+        twin.denoiser = twin._make_denoiser(twin.denoiser.unet).to(self.device)  # G: a copy of *this* encoder
         twin.feature_extractor.load_state_dict(self.feature_extractor.state_dict())
         twin.vae.requires_grad_(False)
         twin.latent_scale = self.latent_scale.clone()

@@ -117,13 +117,16 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..backbones import FeatureExtractor, Pretrained, downloads_allowed
-from ..diffusion import ddim_sample, ddim_timesteps, q_sample, resize, seeded_noise, to_signed, to_unit, unet_epsilon
+from ..backbones import Pretrained, downloads_allowed
+from ..batches import as_dataset, iter_images
+from ..diffusion import ddim_sample, ddim_timesteps, q_sample, seeded_noise, to_signed, to_unit, unet_epsilon
 from ..env import seeded
 from ..errors import AdlearnError, WeightsUnavailableError
-from ..ops import gaussian_blur, upsample
+from ..ops import resize, upsample
+from ..prediction import Prediction, anomaly_prediction
+from ..profiles import sigma_for
 from ..training import Precision, train
-from .base import AnomalyModel, Prediction, as_dataset, iter_images
+from .base import AnomalyModel
 
 __all__ = ["DiAD", "SpatialFeatureFusion", "GuidedDenoiser", "COLAB_T4", "SD15"]
 
@@ -160,6 +163,13 @@ def residual_channels(unet_channels: Sequence[int], layers_per_block: int) -> li
     return out
 
 
+class InstanceNorm(nn.Module):
+    """``nn.InstanceNorm2d(affine=False)`` without its ``None`` running-statistics buffers (nothing to save)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.instance_norm(x)
+
+
 class SpatialFeatureFusion(nn.Module):
     """SFF: g_{c_j} ← SiLU(g_{c_j} + Σ_i D_ij(g_{f_i})), D_ij = SiLU∘InstanceNorm∘zero-Conv3×3/2.
 
@@ -171,7 +181,7 @@ class SpatialFeatureFusion(nn.Module):
         super().__init__()
         self.down = nn.ModuleList(
             nn.ModuleList(
-                nn.Sequential(self._conv(c_in, c_out, zero_init), nn.InstanceNorm2d(c_out),
+                nn.Sequential(self._conv(c_in, c_out, zero_init), InstanceNorm(),
                               nn.SiLU())
                 for c_in in fine_channels
             )
@@ -256,6 +266,24 @@ class DiAD(AnomalyModel):
     """
 
     name = "DiAD"
+    profiles = {
+        # one model for both categories, for CI: images of 128 px seen at 32 px by a 0.24 M f4 autoencoder
+        # (8×8×4 latents) and a 1.4 M latent UNet, each stage trained for seconds (mechanics, not accuracy)
+        "fast": {"input_size": 32, "vae_channels": (16, 32, 32), "vae_layers_per_block": 1,
+                 "unet_channels": (32, 64), "attention_levels": (1,), "heads": 4, "cross_attention_dim": 32,
+                 "hint_channels": (16, 32, 32), "sd_weights": False, "vae_epochs": 12, "vae_lr": 2e-3,
+                 "vae_batch_size": 8, "pretrain_epochs": 15, "pretrain_lr": 2e-3, "epochs": 8, "lr": 1e-3,
+                 "batch_size": 8, "backbone": "tf_efficientnet_lite0", "pretrained": "auto",
+                 "sigma": 1.25 * sigma_for(128)},  # σ = 5 at 256 px
+        # one model for all four categories: images of 256 px seen at 128 px, a 1.0 M kl-f8-shaped
+        # autoencoder (16×16×4 latents), a 6.1 M latent UNet pretrained as a plain LDM, then guided
+        "book": {"input_size": 128, "vae_channels": (16, 32, 64, 64), "vae_layers_per_block": 1,
+                 "unet_channels": (32, 64, 128), "attention_levels": (1, 2), "heads": 4, "cross_attention_dim": 64,
+                 "hint_channels": (16, 32, 64, 96), "sd_weights": False, "vae_epochs": 30, "vae_lr": 1e-3,
+                 "vae_batch_size": 8, "pretrain_epochs": 40, "pretrain_lr": 1e-3, "epochs": 40, "lr": 5e-4,
+                 "batch_size": 16, "backbone": "tf_efficientnet_lite0", "pretrained": "auto"},
+        # the paper profile is the constructor: SD-1.5's VAE and UNet (from its weights), ResNet-50, σ = 5
+    }
     _learned_attrs = ("sd_weights_", "pretrained_", "vae_loss_", "pretrain_loss_", "train_loss_", "val_loss_")
 
     def __init__(
@@ -297,43 +325,10 @@ class DiAD(AnomalyModel):
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__(device=device)
-        self.input_size = input_size
-        self.vae_channels = tuple(vae_channels)
-        self.vae_layers_per_block = vae_layers_per_block
-        self.latent_channels = latent_channels
-        self.unet_channels = tuple(unet_channels)
-        self.layers_per_block = layers_per_block
-        self.attention_levels = tuple(attention_levels)
-        self.heads = heads
-        self.cross_attention_dim = cross_attention_dim
-        self.hint_channels = tuple(hint_channels)
-        self.guidance = guidance
-        self.sff_zero_init = sff_zero_init
-        self.only_mid_control = only_mid_control
-        self.sd_weights = sd_weights
-        self.sd_repo = sd_repo
-        self.vae_epochs = vae_epochs
-        self.vae_lr = vae_lr
-        self.vae_batch_size = vae_batch_size
-        self.kl_weight = kl_weight
-        self.pretrain_epochs = pretrain_epochs
-        self.pretrain_lr = pretrain_lr
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.val_fraction = val_fraction
-        self.mixed_precision = mixed_precision
-        self.gradient_checkpointing = gradient_checkpointing
-        self.ddim_steps = ddim_steps
-        self.backbone = backbone
-        self.layers = tuple(layers)
-        self.pretrained = pretrained
-        self.sigma = sigma
-        self.seed = seed
         self.register_buffer("latent_scale", None)
 
     # --- sub-modules ---------------------------------------------------------------------------
-    def _check(self) -> None:
+    def _check_params(self) -> None:
         if self.guidance not in ("sg+sff", "sg", "none"):
             raise AdlearnError(f"guidance must be 'sg+sff', 'sg' or 'none', got {self.guidance!r}")
         factor = 2 ** (len(self.vae_channels) - 1)
@@ -396,17 +391,13 @@ class DiAD(AnomalyModel):
         return GuidedDenoiser(unet, sg, sff, self.only_mid_control, self.layers_per_block)
 
     def _build(self, load_weights: bool) -> None:
-        self._check()
         self.vae = self.make_autoencoder()
         unet = self.make_unet()
         self.sd_weights_ = False
         if load_weights and self.sd_weights:
             self.sd_weights_ = self._load_sd(unet)
         self.denoiser = self._make_denoiser(unet)
-        self.feature_extractor = FeatureExtractor(
-            self.backbone, self.layers, pretrained=self.pretrained if load_weights else False
-        )
-        self.pretrained_ = self.feature_extractor.pretrained
+        self._build_feature_extractor(self.layers, load_weights)
         schedule = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                  beta_schedule="scaled_linear", prediction_type="epsilon")
         self.register_buffer("alpha_bar", schedule.alphas_cumprod.clone(), persistent=False)
@@ -442,7 +433,6 @@ class DiAD(AnomalyModel):
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part, counted on the meta device (no memory, no weights, a fraction of a second)."""
-        self._check()
         with torch.device("meta"):
             vae, unet = self.make_autoencoder(), self.make_unet()
             sg, sff = self.make_sg(unet)
@@ -467,7 +457,7 @@ class DiAD(AnomalyModel):
 
     # --- fit: autoencoder, denoiser pretraining, guided denoiser ---------------------------------
     def _fit(self, data: Dataset | DataLoader) -> None:
-        self.prepare(data)
+        self._prepare(data)
         self.fit_guidance(data)
 
     def _train(self, network: nn.Module, loss, data: Dataset | DataLoader, epochs: int, lr: float,
@@ -482,10 +472,19 @@ class DiAD(AnomalyModel):
             if module is not None and self.gradient_checkpointing:  # diffusers' switch
                 module.enable_gradient_checkpointing()
 
-    def prepare(self, data: Dataset | DataLoader | Tensor) -> DiAD:
-        """Stages 1–2: train the autoencoder and fix s_z, then pretrain the UNet as a plain LDM."""
+    def prepare(self, data: Dataset | DataLoader | Tensor | list[Dataset]) -> DiAD:
+        """Stages 1–2, from scratch: train the autoencoder and fix s_z, then pretrain the UNet as a plain LDM.
+
+        ``fit`` = ``prepare`` + :meth:`fit_guidance`; calling them apart lets ablations share stages 1–2
+        (:meth:`variant`).
+        """
         data = as_dataset(data)
+        self._built, self.fitted_ = False, False
         self._ensure_built(load_weights=True)
+        self._prepare(data)
+        return self
+
+    def _prepare(self, data: Dataset | DataLoader) -> None:
         self._checkpointing(self.vae, self.denoiser.unet)
         if self.vae_epochs > 0:
             history = self._train(self.vae, self.autoencoder_loss, data, self.vae_epochs, self.vae_lr,
@@ -499,9 +498,8 @@ class DiAD(AnomalyModel):
             history = self._train(plain, self.denoising_loss, data, self.pretrain_epochs, self.pretrain_lr,
                                   self.batch_size, "DiAD denoiser pretraining")
             self.pretrain_loss_ = history.train_loss
-        return self
 
-    def fit_guidance(self, data: Dataset | DataLoader | Tensor) -> DiAD:
+    def fit_guidance(self, data: Dataset | DataLoader | Tensor | list[Dataset]) -> DiAD:
         """Stage 3: copy the (frozen) encoder into G and train G, SFF and the UNet's decoder."""
         data = as_dataset(data)
         if self.latent_scale is None:
@@ -614,5 +612,5 @@ class DiAD(AnomalyModel):
 
     def _predict(self, images: Tensor) -> Prediction:
         reconstruction = self.reconstruct(images)
-        anomaly_map = gaussian_blur(self.feature_distance(images, reconstruction), self.sigma)
-        return Prediction(score=anomaly_map.amax(dim=(1, 2)), anomaly_map=anomaly_map, reconstruction=reconstruction)
+        return anomaly_prediction(self.feature_distance(images, reconstruction), images.shape[-2:], self.sigma,
+                                  reconstruction=reconstruction)

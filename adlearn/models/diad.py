@@ -33,6 +33,13 @@ is noised almost to pure noise. The parts, in the order ``fit`` trains them:
    ε_θ(z_t, t, c | g) — with ``only_mid_control=True`` (official) only g_mid and the coarsest
    level's k controls (the skips of the first decoder block); ``False``: every skip, as ControlNet.
 
+**A pitfall of the official SFF.** Its inputs g_{f_i} come out of zero convs and its D_ij convs are
+zero too: two zero-initialised layers in a row. ∂L/∂W_D ∝ g_f = 0 and ∂L/∂g_f ∝ W_D = 0 (the
+InstanceNorm removes the conv's bias), so with ``only_mid_control=True`` — where g_f reaches the
+loss only through SFF — neither ever moves, and SFF stays the SiLU it starts as. ``sff_zero_init=
+False`` gives D_ij PyTorch's default initialisation (bias 0): the control still starts at exactly 0
+(its input is 0), and SFF learns. Both are tested; chapter 8 measures them.
+
 Training of the denoiser (official ``configure_optimizers``): the ε loss of LDM,
 
     L = E_{z₀=s_z·E(x), ε, t~U{0..T−1}} ‖ε − ε_θ(√ᾱ_t z₀ + √(1−ᾱ_t) ε, t, c | G(x))‖²,
@@ -79,6 +86,7 @@ What adlearn does differently from the official code (reference: methods.md §5,
 * **Denoiser pretraining** (``pretrain_epochs``): without SD-1.5 weights (fast and book profiles)
   the whole UNet is first trained as a plain LDM on the nominal latents — the stand-in for SD's
   pretraining — before its encoder is frozen and copied into G (as the official code copies SD).
+* **SFF's convs can be trained** (``sff_zero_init=False``, see above); the default is the official one.
 * **An internal resolution** ``input_size`` (paper: 256, the image size); maps come back at the
   input's H×W. No gradient accumulation (official: batch 12 × 4 accumulation steps).
 
@@ -96,9 +104,14 @@ colab-t4   83.65 M       219.79 M      93.03 M       27.65 M       251.03 M
 The paper profile is SD-1.5's architecture (VAE kl-f8, UNet 320·(1,2,4,4), 8 heads, context 768)
 and starts from its weights (``sd_weights=True``, from the Hugging Face cache or hub). With AdamW
 it needs a ≥ 32 GB GPU, like the official run (V100 32 GB; 24 GB is not enough, DiAD issue #45).
-:data:`COLAB_T4` is a documented smaller variant for a 16 GB Colab T4: half the UNet width (a quarter of its parameters), fp16,
-gradient checkpointing, batch 4, trained from scratch (SD's weights do not fit its shape):
-``build("DiAD", "paper", **COLAB_T4)``.
+:data:`COLAB_T4` is a documented smaller variant for a 16 GB Colab T4: half the UNet width (a
+quarter of its parameters), fp16, gradient checkpointing, batch 4, trained from scratch (SD's
+weights do not fit its shape): ``build("DiAD", "paper", **COLAB_T4)``. It has not been run on a
+GPU yet; its memory is estimated from the parameter counts.
+
+Usage: ``DiAD(...).fit([train_a, train_b])`` (or one Dataset spanning categories) gives one model;
+``predict`` needs no category. ``prepare`` + :meth:`DiAD.variant` + ``fit_guidance`` share the first
+two stages between ablations.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def check_writable_dir(folder: str | Path, what: str = "output folder") -> Path:
     """Create ``folder`` if needed and make sure files can be written there; one clear error if not."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise AdlearnError(f"{what} {folder} is a file, not a folder; pass a folder path")
+        raise AdlearnError(f"{what} {folder} is a file, not a folder; choose another path or move the file away")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=f".probe{TMP_MARK}"):
@@ -95,7 +95,10 @@ def check_writable_file(path: str | Path, what: str = "output file") -> Path:
     """Make sure ``path`` can be written (a file name in a writable folder) before any work starts."""
     path = Path(path)
     _refuse_folder(path, what)
-    check_writable_dir(path.parent, f"the folder of {what} {path}")
+    try:
+        check_writable_dir(path.parent)
+    except AdlearnError as err:
+        raise AdlearnError(f"cannot write {what} {path}: {err}") from None
     return path
 
 

@@ -9,7 +9,11 @@ import hashlib
 import importlib.util
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,7 @@ from adlearn.datasets import (
     synthetic,
 )
 from adlearn.errors import AdlearnError
+from adlearn.files import temp_prefix
 
 SIZE = 64
 COUNTS = {"n_train": 4, "n_test_good": 2, "n_test_defect": 2}
@@ -217,6 +222,43 @@ def test_interrupted_generation_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         make_synthetic(tmp_path / "d", categories=["fabric"], image_size=SIZE, **COUNTS)
     assert list(tmp_path.iterdir()) == []
+
+
+KILLED_GENERATOR = """
+import sys
+from adlearn.datasets import make_synthetic
+make_synthetic(sys.argv[1], categories=["fabric"], image_size=64, n_train=10_000, progress=False)
+"""
+
+
+def test_a_killed_generation_is_cleaned_up_by_the_next_run(tmp_path):
+    root = tmp_path / "d"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_GENERATOR, str(root)])
+    try:
+        deadline = time.monotonic() + 120
+        while not any(tmp_path.glob(".d.tmp-*/fabric/train/good/*.png")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        child.kill()  # SIGKILL: no clean-up code runs
+        child.wait()
+    left = list(tmp_path.glob(".d.tmp-*"))
+    assert len(left) == 1 and not root.exists(), "the child did not get to write images"
+    make_synthetic(root, categories=["fabric"], image_size=SIZE, n_train=1, n_test_good=1, n_test_defect=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["d"], "the killed run's temporary folder is still there"
+    assert len(MVTecAD(root, "fabric", "test", image_size=SIZE)) == 1 + len(DEFECT_KINDS)
+
+
+def test_a_live_generation_is_not_disturbed(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        busy = tmp_path / temp_prefix("d").replace(f"-{os.getpid()}@", f"-{sleeper.pid}@")
+        busy.mkdir()
+        make_synthetic(tmp_path / "d", categories=["fabric"], image_size=SIZE, n_train=1, n_test_good=1,
+                       n_test_defect=1)
+        assert busy.is_dir(), "another process's folder was deleted while it was still running"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 @pytest.mark.parametrize(

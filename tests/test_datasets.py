@@ -31,6 +31,7 @@ from adlearn.datasets import (
     mvtec,
     synthetic,
 )
+from adlearn.datasets import _io
 from adlearn.errors import AdlearnError
 from adlearn.files import temp_prefix
 
@@ -413,6 +414,85 @@ def test_masks_of_any_mode_become_binary(layout, mode):
     test = MVTecAD(layout, "widget", "test", image_size=32)
     loaded = test[test.labels.index(1)]["mask"][0]
     assert torch.equal(loaded, torch.from_numpy(binary).float())
+
+
+@pytest.fixture
+def warnings_reset(monkeypatch):
+    """Forget which once-per-process warnings were given, so each test sees its own."""
+    monkeypatch.setattr(_io, "_WARNED", set())
+
+
+def _defect_mask(layout: Path, mask: Image.Image, name: str = "000_mask.png") -> torch.Tensor:
+    gt = layout / "widget" / "ground_truth" / "dent"
+    for p in gt.iterdir():
+        p.unlink()
+    _save(gt / name, mask)
+    test = MVTecAD(layout, "widget", "test", image_size=mask.size[0])
+    return test[test.labels.index(1)]["mask"][0]
+
+
+def test_jpeg_masks_are_thresholded_at_half_white_with_a_warning(layout, warnings_reset):
+    _save(layout / "widget" / "test" / "dent" / "000.png", _rgb(64))
+    square = np.zeros((64, 64), np.uint8)
+    square[21:31, 17:27] = 255  # a 100-pixel defect
+    path = layout / "widget" / "ground_truth" / "dent" / "000_mask.jpg"
+    with pytest.warns(UserWarning, match="save masks as PNG") as caught:
+        mask = _defect_mask(layout, Image.fromarray(square), path.name)
+    assert str(path) in str(caught[0].message)
+    assert (np.asarray(Image.open(path)) > 0).sum() > 150, "PIL's JPEG no longer rings: the test proves nothing"
+    assert mask.sum() == 100 and torch.equal(mask, torch.from_numpy(square > 0).float())
+
+
+def test_a_zero_one_mask_saved_as_jpeg_is_refused(layout, warnings_reset):
+    binary = np.zeros((32, 32), np.uint8)
+    binary[3:9, 20:23] = 1
+    message = _raises_naming(layout, _defect_mask, layout, Image.fromarray(binary), "000_mask.jpg")
+    assert "save the mask losslessly as PNG" in message
+
+
+def test_float_tiffs_in_eight_bit_range_are_scaled_with_a_warning(layout, warnings_reset):
+    values = np.random.default_rng(0).uniform(0, 255, (32, 32)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"read as 0\.\.255") as caught:
+        image = _only_train_image(layout, Image.fromarray(values), "000.tif")
+    assert "000.tif" in str(caught[0].message)
+    torch.testing.assert_close(image[0], torch.from_numpy(values / 255))
+    assert 0.3 < image.mean() < 0.7, "read as mostly white"
+
+
+def test_float_tiffs_in_unit_range_are_read_as_they_are(layout, warnings_reset, recwarn):
+    values = np.random.default_rng(0).uniform(0, 1, (32, 32)).astype(np.float32)
+    image = _only_train_image(layout, Image.fromarray(values), "000.tif")
+    torch.testing.assert_close(image[1], torch.from_numpy(values))
+    assert not recwarn.list
+
+
+@pytest.mark.parametrize("values, mode", [
+    (np.full((32, 32), -3.0, np.float32), "F"),
+    (np.full((32, 32), np.nan, np.float32), "F"),
+    (np.full((32, 32), 1e6, np.float32), "F"),
+    (np.full((32, 32), 70_000, np.int32), "I"),
+])
+def test_out_of_range_high_bit_depth_images_are_refused(layout, values, mode):
+    assert Image.fromarray(values).mode == mode
+    message = _raises_naming(layout, _only_train_image, layout, Image.fromarray(values), "000.tif")
+    assert "re-export" in message
+
+
+@pytest.mark.parametrize("size", [(1, 1), (8, 8), (40, 12)])
+def test_tiny_images_are_refused(layout, size):
+    good = layout / "widget" / "train" / "good"
+    _save(good / "000.png", Image.new("RGB", size))
+    train = MVTecAD(layout, "widget", "train", image_size=32)
+    assert f"{size[0]}×{size[1]}" in _raises_naming(good / "000.png", train.__getitem__, 0)
+
+
+def test_elongated_images_warn_that_they_are_stretched(layout, warnings_reset):
+    good = layout / "widget" / "train" / "good"
+    _save(good / "000.png", Image.new("RGB", (1000, 16)))
+    train = MVTecAD(layout, "widget", "train", image_size=32)
+    with pytest.warns(UserWarning, match="1000×16 pixels: it is stretched") as caught:
+        assert train[0]["image"].shape == (3, 32, 32)
+    assert str(good / "000.png") in str(caught[0].message)
 
 
 def test_visa_style_mask_names_are_accepted(layout):

@@ -176,15 +176,25 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(f"{name:<12} {summary[0] if summary else ''}")
 
 
-def image_size(text: str) -> int:
-    """argparse type of ``--image-size``: a positive number of pixels."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of pixels, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {value}")
-    return value
+def _whole_number(minimum: int, unit: str) -> Callable[[str], int]:
+    """An argparse type: an integer ≥ ``minimum`` (anything else is a usage error, exit code 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number{unit}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number{unit} ≥ {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+image_size = _whole_number(1, " of pixels")
+"""argparse type of ``--image-size``: a positive number of pixels."""
+seed = _whole_number(0, "")
+"""argparse type of ``--seed``: a non-negative integer (what numpy's generators accept)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=formatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default=None,
                         help="default: $ADLEARN_PROFILE, else paper on a GPU and book otherwise")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, func: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
@@ -230,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         args.func(args)
     except AdlearnError as err:
-        print(f"adlearn: error: {err}", file=sys.stderr)
+        print(f"adlearn: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         print("adlearn: interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ import pytest
 
 from adlearn import cli
 from adlearn.datasets import make_synthetic
+from adlearn.errors import AdlearnError
 
 HELP_PROBE = """
 import sys, time
@@ -74,6 +75,7 @@ def test_exit_codes_are_documented() -> None:
     ["fit", "MeanImage", "root", "fabric", "--image-size", "0"],
     ["fit", "MeanImage", "root", "fabric", "--image-size", "-64"],
     ["evaluate", "m.pt", "root", "fabric", "--image-size", "big"],
+    ["--seed", "-1", "models"],
 ])
 def test_bad_arguments_exit_2(argv, capsys) -> None:
     code, _, err = _run(argv, capsys)
@@ -118,6 +120,15 @@ def test_unwritable_model_file_fails_before_fitting(where, tmp_path, blocker, ca
     code, _, err = _run(["fit", "MeanImage", str(tmp_path), "fabric", "-o", str(output)], capsys)
     assert str(output) in _one_line_error(code, err)
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_multi_line_message_is_printed_on_one_line(capsys, monkeypatch) -> None:
+    def fails(args):
+        raise AdlearnError("first line\n  second line")
+
+    monkeypatch.setattr(cli, "cmd_models", fails)
+    code, _, err = _run(["models"], capsys)
+    assert _one_line_error(code, err) == "adlearn: error: first line second line"
 
 
 def test_ctrl_c_exits_130_with_one_line(capsys, monkeypatch) -> None:

@@ -466,6 +466,12 @@ def test_float_tiffs_in_unit_range_are_read_as_they_are(layout, warnings_reset, 
     assert not recwarn.list
 
 
+def test_eight_bit_data_in_a_sixteen_bit_file_warns(layout, warnings_reset):
+    with pytest.warns(UserWarning, match="save it as an 8-bit image"):
+        image = _only_train_image(layout, Image.fromarray(np.full((32, 32), 200, np.uint16)), "000.tif")
+    assert image.max() < 0.01  # the documented reading: 16-bit data, so almost black
+
+
 @pytest.mark.parametrize("values, mode", [
     (np.full((32, 32), -3.0, np.float32), "F"),
     (np.full((32, 32), np.nan, np.float32), "F"),

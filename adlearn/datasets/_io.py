@@ -6,7 +6,8 @@ layout, a user's own folders and the ELPV cells are all read the same way:
 * images become ``float32[3,H,W]`` in [0,1] whatever their mode: grey (``L``), palette (``P``),
   ``RGBA`` / ``LA`` (alpha is dropped: the colour values are the measurement), ``CMYK``,
   16-bit (``I;16``, and 32-bit ``I`` holding 16-bit data: scaled by 1/65535 so a 16-bit image
-  is not read as mostly white), and float (``F``, e.g. a float TIFF). A float image is divided by
+  is not read as mostly white; one whose values stay ≤ 255, 8-bit data in a 16-bit file, reads
+  almost black and warns), and float (``F``, e.g. a float TIFF). A float image is divided by
   the smallest full scale its values fit: 1 (floats in [0, 1], read as they are), 255 (8-bit
   data saved as floats) or 65535, with a warning in the last two cases, since that is a guess;
   values below 0, above 65535 or not finite are refused. The full scale is the same for every
@@ -171,7 +172,13 @@ def _unit_range(path: Path, im: Image.Image) -> np.ndarray:
             "adlearn reads such images as intensities from 0 to a full scale of 1, 255 or 65535; "
             "re-export it as an 8- or 16-bit PNG/TIFF, or as floats in [0, 1]"
         )
-    if full != scales[0]:
+    if im.mode != "F" and 0 < high <= 255:
+        _warn_once(
+            "8-bit-in-16",
+            f"{im.mode} image {path} holds values only up to {high:g} of 65535, so it reads almost black: "
+            "if it holds 8-bit data, save it as an 8-bit image (PIL mode L or RGB)",
+        )
+    elif full != scales[0]:
         _warn_once(
             f"scale-{full:g}",
             f"float image {path} holds values up to {high:g}, so it is read as 0..{full:g} (divided by "

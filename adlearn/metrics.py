@@ -575,7 +575,7 @@ def evaluate(
     model: Any, dataset: Dataset | DataLoader, *, batch_size: int | None = None, pixel_metrics: bool | None = None,
     progress: bool = True,
 ) -> dict[str, float | int]:
-    """Score every image of ``dataset`` with ``model.predict`` and compute the metrics (DESIGN §5).
+    """Score every image of ``dataset`` with ``model.predict`` and compute the metrics.
 
     Returns ``image_auroc``, ``image_f1_max``, ``pixel_auroc``, ``aupro``, ``pixel_f1_max``,
     ``predict_ms_per_image``, ``n_images``, ``n_anomalous`` and ``resolution``.

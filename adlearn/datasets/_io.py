@@ -24,8 +24,8 @@ layout, a user's own folders and the ELPV cells are all read the same way:
   non-zero pixels), so it is thresholded at half of white (≥ 128) with a warning to save masks
   as PNG, and refused when no pixel reaches 128 (a 0/1 mask does not survive JPEG; masks are read for
   defective images only, so an empty one is a mistake). (DDAD and DiAD resize masks
-  *bilinearly* and binarise with ``> 0``, which dilates every defect by about a pixel; see
-  ``reference/methods.md`` §0.4. Their pixel metrics are therefore not comparable to ours.)
+  *bilinearly* and binarise with ``> 0`` (DDAD's ``dataset.py``, DiAD's ``mvtecad_dataloader.py``),
+  which dilates every defect by about a pixel, so their pixel metrics are not comparable to ours.)
 
 >>> from adlearn.datasets._io import load_image, load_mask
 >>> image = load_image("bottle/test/broken_large/000.png", 256)        # doctest: +SKIP
@@ -57,7 +57,8 @@ _HIGH_BIT_DEPTH = {
     "F": 1.0,
 }
 """Modes PIL cannot turn into 8-bit RGB without losing or clipping values, and their full scale.
-32-bit integer ``I`` images are assumed to hold 16-bit data (what 16-bit TIFFs and PNGs become)."""
+32-bit integer ``I`` images are assumed to hold 16-bit data (what 16-bit TIFFs and PNGs become);
+float ``F`` images take the smallest of :data:`_FLOAT_SCALES` their values fit."""
 
 _FLOAT_SCALES = (1.0, 255.0, 65535.0)
 """Full scales a float (``F``) image may have; it is divided by the smallest its values fit."""

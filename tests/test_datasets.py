@@ -539,6 +539,29 @@ def test_missing_root(tmp_path):
     _raises_naming(tmp_path / "nowhere", MVTecAD, tmp_path / "nowhere", "widget")
 
 
+def test_root_and_category_of_the_wrong_kind(layout):
+    (layout / "a_file").write_text("")
+    assert "is a file, not a folder" in _raises_naming(layout / "a_file", MVTecAD, layout / "a_file", "widget")
+    with pytest.raises(AdlearnError, match="data root must be a folder path"):
+        MVTecAD(None, "widget")
+    assert "['widget']" in _raises_naming(layout, MVTecAD, layout, None)
+
+
+def test_out_of_range_index_is_an_index_error_so_iteration_ends(layout):
+    train = MVTecAD(layout, "widget", "train", image_size=32)
+    with pytest.raises(IndexError, match="index 2 is out of range for the 2 train images"):
+        train[2]
+    assert len(list(train)) == 2 and torch.equal(train[-1]["image"], train[1]["image"])
+
+
+def test_synthetic_root_that_is_a_file_or_below_one(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("mine")
+    for root in (blocker, blocker / "data"):
+        _raises_naming(blocker, make_synthetic, root, categories=["fabric"], image_size=SIZE, **COUNTS)
+    assert blocker.read_text() == "mine"
+
+
 def test_missing_category_lists_existing_ones(layout):
     message = _raises_naming(layout / "gadget", MVTecAD, layout, "gadget")
     assert "widget" in message

@@ -34,6 +34,7 @@ layout, a user's own folders and the ELPV cells are all read the same way:
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -90,6 +91,13 @@ def check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise AdlearnError(f"{name} must be an int ≥ {minimum}, got {value!r}")
     return value
+
+
+def check_folder_path(path: object, what: str) -> Path:
+    """``path`` as an expanded :class:`~pathlib.Path` if it is a str or path-like, else a clear error."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise AdlearnError(f"{what} must be a folder path (str or pathlib.Path), got {path!r}")
+    return Path(path).expanduser()
 
 
 def check_image_size(image_size: int) -> int:

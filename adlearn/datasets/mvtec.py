@@ -45,6 +45,7 @@ from ..errors import AdlearnError
 from ..files import remove_stale, temp_prefix
 from ._io import (
     IMAGE_EXTENSIONS,
+    check_folder_path,
     check_image_size,
     check_split,
     list_images,
@@ -84,7 +85,7 @@ class MVTecAD(Dataset):
     """Pixel ground truth exists, so evaluation reports pixel metrics too."""
 
     def __init__(self, root: str | Path, category: str, split: str = "train", image_size: int = 256) -> None:
-        self.root = Path(root).expanduser()
+        self.root = check_folder_path(root, "data root")
         self.category = category
         self.split = check_split(split)
         self.image_size = check_image_size(image_size)
@@ -97,6 +98,9 @@ class MVTecAD(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, object]:
+        if not -len(self) <= index < len(self):  # IndexError: it ends iteration over the dataset
+            raise IndexError(f"index {index} is out of range for the {len(self)} {self.split} images of "
+                             f"{self.root / self.category}")
         path, label, defect, mask_path = self.samples[index]
         image = load_image(path, self.image_size)
         if mask_path is None:
@@ -117,13 +121,16 @@ class MVTecAD(Dataset):
 def _category_dir(root: Path, category: str) -> Path:
     """``root/category`` after checking both exist; the error lists the categories that do."""
     if not root.is_dir():
+        state = "is a file, not a folder" if root.exists() else "does not exist"
         raise AdlearnError(
-            f"data root {root} does not exist: pass the folder that holds the category folders "
+            f"data root {root} {state}: pass the folder that holds the category folders "
             "(make it with adlearn.datasets.make_synthetic() or download_mvtec(root))"
         )
+    found = sorted(p.name for p in root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
+    if not isinstance(category, str) or not category:
+        raise AdlearnError(f"category must be the name of a folder in {root}, got {category!r}; found: {found or 'none'}")
     folder = root / category
     if not folder.is_dir():
-        found = sorted(p.name for p in root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
         hint = (
             f"; {root} itself looks like a category folder, so pass its parent {root.parent} as root"
             if (root / "train").is_dir()

@@ -47,8 +47,8 @@ from PIL import Image, ImageDraw
 
 from ..env import data_dir, progress_bar
 from ..errors import AdlearnError
-from ..files import remove_stale, temp_prefix
-from ._io import check_int
+from ..files import check_writable_dir, remove_stale, temp_prefix
+from ._io import check_folder_path, check_int
 
 __all__ = ["DEFECT_KINDS", "GENERATOR_VERSION", "SYNTHETIC_CATEGORIES", "make_synthetic"]
 
@@ -105,15 +105,17 @@ def make_synthetic(
     one that a live process is still writing is left alone.
     """
     manifest = _manifest(_check_categories(categories), image_size, seed, n_train, n_test_good, n_test_defect)
-    root = _default_root(manifest) if root is None else Path(root).expanduser()
+    root = _default_root(manifest) if root is None else check_folder_path(root, "root")
     if _read_manifest(root) == manifest:
         return root
+    if root.exists() and not root.is_dir():
+        raise AdlearnError(f"{root} is a file: pass a new or empty folder, or root=None for the cache")
     if root.exists() and _read_manifest(root) is None and any(root.iterdir()):
         raise AdlearnError(
             f"{root} is not empty and was not made by make_synthetic (no manifest.json): "
             "pass a new or empty folder, or root=None for the cache"
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(root.parent, "folder for the synthetic data set")
     remove_stale(root.parent, root.name)  # what a killed run left behind
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=temp_prefix(root.name)))
     try:

@@ -246,6 +246,9 @@ def test_a_killed_generation_is_cleaned_up_by_the_next_run(tmp_path):
     assert len(left) == 1 and not root.exists(), "the child did not get to write images"
     make_synthetic(root, categories=["fabric"], image_size=SIZE, n_train=1, n_test_good=1, n_test_defect=1)
     assert [p.name for p in tmp_path.iterdir()] == ["d"], "the killed run's temporary folder is still there"
+    left[0].mkdir()  # killed again; the data set is already there: the next call still cleans up
+    make_synthetic(root, categories=["fabric"], image_size=SIZE, n_train=1, n_test_good=1, n_test_defect=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
     assert len(MVTecAD(root, "fabric", "test", image_size=SIZE)) == 1 + len(DEFECT_KINDS)
 
 

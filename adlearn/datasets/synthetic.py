@@ -106,6 +106,7 @@ def make_synthetic(
     """
     manifest = _manifest(_check_categories(categories), image_size, seed, n_train, n_test_good, n_test_defect)
     root = _default_root(manifest) if root is None else check_folder_path(root, "root")
+    remove_stale(root.parent, root.name)  # what a killed run left behind
     if _read_manifest(root) == manifest:
         return root
     if root.exists() and not root.is_dir():
@@ -116,7 +117,6 @@ def make_synthetic(
             "pass a new or empty folder, or root=None for the cache"
         )
     check_writable_dir(root.parent, "folder for the synthetic data set")
-    remove_stale(root.parent, root.name)  # what a killed run left behind
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=temp_prefix(root.name)))
     try:
         _write_dataset(tmp, manifest, progress)

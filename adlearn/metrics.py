@@ -599,6 +599,11 @@ def evaluate(
     masks as bool (5 bytes per pixel). The metrics then need about 10 bytes per pixel more, e.g.
     1 GB in all for 1,000 test images of 256².
     """
+    if not callable(getattr(model, "predict", None)):
+        raise AdlearnError(
+            f"evaluate needs a fitted model with a predict(images) method (e.g. adlearn.models.build(...).fit(train)), "
+            f"got {type(model).__name__}"
+        )
     if isinstance(dataset, DataLoader):
         loader, dataset = dataset, dataset.dataset
     else:

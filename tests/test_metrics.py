@@ -470,6 +470,11 @@ def test_evaluate_accepts_tensor_datasets_and_loaders():
         evaluate(Oracle(), TensorDataset(data.images, labels), pixel_metrics=True, progress=False)
 
 
+def test_evaluate_needs_a_model():
+    with pytest.raises(AdlearnError, match="needs a fitted model with a predict"):
+        evaluate("model.pt", TinyDefects(), progress=False)
+
+
 @pytest.mark.parametrize("dataset, got", [
     (TensorDataset(torch.rand(2, 3, 8, 8)), "a tuple of length 1"),
     ([{"img": torch.rand(3, 8, 8), "label": 0}], "a dict with keys ['img', 'label']"),

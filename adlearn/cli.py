@@ -193,9 +193,9 @@ def _whole_number(minimum: int, unit: str) -> Callable[[str], int]:
     return parse
 
 
-image_size = _whole_number(1, " of pixels")
+pixels = _whole_number(1, " of pixels")
 """argparse type of ``--image-size``: a positive number of pixels."""
-seed = _whole_number(0, "")
+non_negative = _whole_number(0, "")
 """argparse type of ``--seed``: a non-negative integer (what numpy's generators accept)."""
 
 
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=formatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default=None,
                         help="default: $ADLEARN_PROFILE, else paper on a GPU and book otherwise")
-    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--seed", type=non_negative, default=0)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, func: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
@@ -224,13 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("root")
     fit.add_argument("category")
     fit.add_argument("-o", "--output", default="model.pt", help="model file to write (default: model.pt)")
-    fit.add_argument("--image-size", type=image_size, default=None, help="default: the profile's")
+    fit.add_argument("--image-size", type=pixels, default=None, help="default: the profile's")
 
     ev = command("evaluate", cmd_evaluate, "evaluate a saved model on ROOT/CATEGORY/test")
     ev.add_argument("model_file")
     ev.add_argument("root")
     ev.add_argument("category")
-    ev.add_argument("--image-size", type=image_size, default=None,
+    ev.add_argument("--image-size", type=pixels, default=None,
                     help="default: the size the model was fitted at if it needs one, else the profile's")
 
     command("models", cmd_models, "list the model names")

@@ -65,8 +65,10 @@ PAPER_WEIGHTS: Mapping[str, str] = MappingProxyType({
 """Backbone → the timm weight tag of the ImageNet weights the method papers' reference code used.
 
 * PaDiM (Defard et al., 2020): ResNet-18 and Wide ResNet-50-2 from ``torchvision.models`` with
-  ``pretrained=True``, i.e. torchvision's original (V1) ImageNet weights: ``tv_in1k`` in timm.
-* SPADE (Cohen & Hoshen, 2020): Wide ResNet-50-2, torchvision's V1 weights, the same tag.
+  ``pretrained=True`` in the most-used code (xiahaifeng1995/PaDiM-Anomaly-Detection-Localization-master),
+  i.e. torchvision's original (V1) ImageNet weights: ``tv_in1k`` in timm.
+* SPADE (Cohen & Hoshen, 2020): Wide ResNet-50-2 from ``torchvision.models`` in
+  byungjae89/SPADE-pytorch (the code the authors point to), the same V1 weights and tag.
 * DDAD (Mousakhan et al., 2023): Wide ResNet-101-2 (``feature_extractor: wide_resnet101_2`` in
   its config) in a torchvision-style ResNet that loads torchvision's V1 weights: ``tv_in1k``.
 * DiAD (He et al., 2024): ``timm.create_model("resnet50", pretrained=True)`` with timm 0.8,

@@ -70,7 +70,8 @@ PAPER_WEIGHTS: Mapping[str, str] = MappingProxyType({
 * SPADE (Cohen & Hoshen, 2020): Wide ResNet-50-2 from ``torchvision.models`` in
   byungjae89/SPADE-pytorch (the code the authors point to), the same V1 weights and tag.
 * DDAD (Mousakhan et al., 2023): Wide ResNet-101-2 (``feature_extractor: wide_resnet101_2`` in
-  its config) in a torchvision-style ResNet that loads torchvision's V1 weights: ``tv_in1k``.
+  its config); its ``resnet.py``, a copy of torchvision's, downloads torchvision's V1 file
+  ``wide_resnet101_2-32ee1156.pth``, the very file timm's ``tv_in1k`` tag points to.
 * DiAD (He et al., 2024): ``timm.create_model("resnet50", pretrained=True)`` with timm 0.8,
   whose default ResNet-50 weights are the "ResNet strikes back" A1 recipe: ``resnet50.a1_in1k``
   (the tag bare ``resnet50`` still resolves to).

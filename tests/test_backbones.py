@@ -118,8 +118,13 @@ def _fake_hub_cache(root, tag: str) -> dict[str, torch.Tensor]:
 
 def test_paper_weights_are_torchvision_tags_timm_knows():
     assert PAPER_WEIGHTS["resnet18"] == "resnet18.tv_in1k" and PAPER_WEIGHTS["wide_resnet50_2"].endswith(".tv_in1k")
+    import timm
+
     for name, tag in PAPER_WEIGHTS.items():
         assert weight_tag(tag) == tag and tag.startswith(f"{name}.")
+    v1_files = {"wide_resnet50_2": "wide_resnet50_2-95faca4d.pth", "wide_resnet101_2": "wide_resnet101_2-32ee1156.pth"}
+    for name, file in v1_files.items():  # torchvision's V1 files, which the reference code downloads
+        assert timm.models.get_pretrained_cfg(PAPER_WEIGHTS[name]).url == f"https://download.pytorch.org/models/{file}"
     assert weight_tag("resnet18") != PAPER_WEIGHTS["resnet18"], "timm's default tag is now the paper's: update docs"
 
 

@@ -197,6 +197,17 @@ def test_ablations_share_the_first_stages(train_images) -> None:
         prepared.variant(guidance="sg")
 
 
+def test_warm_start_continues_the_guided_stage_only(train_images, monkeypatch) -> None:
+    m = tiny(epochs=2).fit(train_images)
+    sg_before = {k: v.clone() for k, v in m.denoiser.sg.state_dict().items()}
+    fail = lambda *a, **k: pytest.fail("a warm start keeps the autoencoder, the pretrained UNet and G")  # noqa: E731
+    monkeypatch.setattr(m, "_prepare", fail)
+    monkeypatch.setattr(m, "_make_denoiser", fail)
+    m.fit(train_images, warm_start=True)
+    assert len(m.train_loss_) == 2 * m.epochs
+    assert any(not torch.equal(v, sg_before[k]) for k, v in m.denoiser.sg.state_dict().items())
+
+
 def test_bf16_autocast_and_gradient_checkpointing_run_on_cpu(train_images) -> None:
     m = tiny(mixed_precision="bf16", gradient_checkpointing=True, vae_epochs=1, pretrain_epochs=1, epochs=1)
     m.fit(train_images[:8])

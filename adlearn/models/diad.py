@@ -298,7 +298,8 @@ class DiAD(AnomalyModel):
                  "batch_size": 8, "backbone": "tf_efficientnet_lite0", "pretrained": "auto"},
         # the paper profile is the constructor: SD-1.5's VAE and UNet (from its weights), ResNet-50, σ = 5
     }
-    _learned_attrs = ("sd_weights_", "pretrained_", "vae_loss_", "pretrain_loss_", "train_loss_", "val_loss_")
+    _learned_attrs = ("sd_weights_", "pretrained_", "guided_", "vae_loss_", "pretrain_loss_", "train_loss_",
+                      "val_loss_")
 
     def __init__(
         self,
@@ -418,6 +419,7 @@ class DiAD(AnomalyModel):
         self.skip = math.ceil(len(self.alpha_bar) / self.ddim_steps)  # 100: t = 999, 899, …, 99
         self.trajectory = ddim_timesteps(len(self.alpha_bar) - 1, self.skip)
         self.vae_loss_, self.pretrain_loss_, self.train_loss_, self.val_loss_ = [], [], [], []
+        self.guided_ = False  # whether G exists and has trained (stage 3)
 
     def _load_sd(self, unet: UNet2DConditionModel) -> bool:
         """Copy SD-1.5's VAE and UNet weights (cache first, hub when allowed) into ours."""
@@ -471,7 +473,8 @@ class DiAD(AnomalyModel):
 
     # --- fit: autoencoder, denoiser pretraining, guided denoiser ---------------------------------
     def _fit(self, data: Dataset | DataLoader) -> None:
-        self._prepare(data)
+        if not self.guided_:  # from scratch; ``fit(warm_start=True)`` of a fitted model continues stage 3 only
+            self._prepare(data)
         self.fit_guidance(data)
 
     def _train(self, network: nn.Module, loss, data: Dataset | DataLoader, epochs: int, lr: float,
@@ -514,19 +517,24 @@ class DiAD(AnomalyModel):
             self.pretrain_loss_ = history.train_loss
 
     def fit_guidance(self, data: Dataset | DataLoader | Tensor | list[Dataset]) -> DiAD:
-        """Stage 3: copy the (frozen) encoder into G and train G, SFF and the UNet's decoder."""
+        """Stage 3: copy the (frozen) encoder into G and train G, SFF and the UNet's decoder.
+
+        Called again (or by ``fit(warm_start=True)``), it continues training G and the decoder.
+        """
         data = as_dataset(data)
         if self.latent_scale is None:
             raise AdlearnError("DiAD.fit_guidance needs the autoencoder: call .prepare(train_data) first")
         unet = self.denoiser.unet
-        self.denoiser = self._make_denoiser(unet).to(self.device)  # G copies the encoder as it is now
+        if not self.guided_:
+            self.denoiser = self._make_denoiser(unet).to(self.device)  # G copies the encoder as it is now
         self._trainable(self.denoiser)
         self._checkpointing(unet, self.denoiser.sg)
         history = self._train(self.denoiser, self.denoising_loss, data, self.epochs, self.lr, self.batch_size,
                               "DiAD guided denoiser")
-        self.train_loss_, self.val_loss_ = history.train_loss, history.val_loss
+        self.train_loss_ = [*self.train_loss_, *history.train_loss]
+        self.val_loss_ = [*self.val_loss_, *history.val_loss]
         self.denoiser.requires_grad_(False)
-        self.fitted_ = True
+        self.guided_ = self.fitted_ = True
         return self
 
     def variant(self, **changes: Any) -> DiAD:

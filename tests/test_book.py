@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -63,3 +64,90 @@ def test_chapter_shape(path: Path) -> None:
     markdown = "\n".join(_source(c) for c in cells if c["cell_type"] == "markdown")
     assert re.search(r"^#+ .*Exercises", markdown, re.M) and markdown.count("Solution") >= 3
     assert re.search(r"^#+ .*Summary", markdown, re.M) and re.search(r"^#+ .*Pitfalls", markdown, re.M)
+
+
+# --- Number provenance: every metric-like number in a chapter's prose is printed by one of its cells.
+#
+# Runs on *executed* copies (``make notebooks`` writes them to ``book_executed/``); point
+# ``ADLEARN_EXECUTED_BOOK`` at another folder to check elsewhere. Without executed copies the test
+# is skipped with a reason, never passed silently.
+
+EXECUTED = Path(os.environ.get("ADLEARN_EXECUTED_BOOK", BOOK.parent / "book_executed"))
+EXECUTED_NOTEBOOKS = (
+    sorted(p for p in EXECUTED.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts and "_build" not in p.parts)
+    if EXECUTED.is_dir()
+    else []
+)
+METRIC_LIKE = re.compile(
+    r"(?<![\w.])(?:"
+    r"[01]\.\d{3,}"  # a metric with three decimals: 0.575, 1.000
+    r"|\d+(?:\.\d+)?(?=\s?×(?!\s?\d))"  # a ratio: 1.71×, ≈ 100× (not a size such as 32×32)
+    r"|\d+(?:\.\d+)?(?=\s?%)"  # a percentage: 49 %
+    r")(?![\w.]\d)"
+)
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+NOT_PROSE = re.compile(r"```.*?```|`[^`\n]*`|\$\$.*?\$\$|\$[^$\n]*\$", re.S)  # code and maths
+
+
+def prose_numbers(markdown: str) -> list[str]:
+    """The metric-like numbers of a markdown cell's prose (code and maths are not prose)."""
+    return METRIC_LIKE.findall(NOT_PROSE.sub(" ", markdown))
+
+
+def _output_text(cell: dict) -> str:
+    text = []
+    for output in cell.get("outputs", []):
+        text.append("".join(output.get("text", "")))
+        for mime in ("text/plain", "text/markdown", "text/html", "text/latex"):
+            text.append("".join(output.get("data", {}).get(mime, "")))
+    return "\n".join(text)
+
+
+def printed(number: str, outputs: str) -> bool:
+    """Whether ``outputs`` hold ``number`` — exactly, or a longer value that rounds to it."""
+    decimals = len(number.partition(".")[2])
+    target = float(number)
+    return any(
+        value == number or round(float(value), decimals) == target
+        for value in NUMBER.findall(outputs)
+        if len(value.partition(".")[2]) >= decimals
+    )
+
+
+def unprinted_numbers(notebook: dict) -> list[tuple[int, str]]:
+    """(cell index, number) for each prose number that no output of the notebook contains."""
+    outputs = "\n".join(_output_text(c) for c in notebook["cells"] if c["cell_type"] == "code")
+    return [
+        (index, number)
+        for index, cell in enumerate(notebook["cells"])
+        if cell["cell_type"] == "markdown"
+        for number in prose_numbers(_source(cell))
+        if not printed(number, outputs)
+    ]
+
+
+def test_prose_number_detection() -> None:
+    text = "AUPRO is 0.575 (not 0.5); 1.71× faster; 49 % of it; a 32×32 map; `0.123` and $0.456$."
+    assert prose_numbers(text) == ["0.575", "1.71", "49"]
+    notebook = {"cells": [
+        {"cell_type": "markdown", "source": text},
+        {"cell_type": "code", "source": "", "outputs": [{"output_type": "stream", "text": "0.5751 1.709 49.2"}]},
+    ]}
+    assert unprinted_numbers(notebook) == []
+    notebook["cells"][1]["outputs"][0]["text"] = "0.5756 1.71"
+    assert unprinted_numbers(notebook) == [(0, "0.575"), (0, "49")]
+
+
+@pytest.mark.skipif(
+    not EXECUTED_NOTEBOOKS,
+    reason=f"no executed notebooks in {EXECUTED}: run `make notebooks` first (or set ADLEARN_EXECUTED_BOOK)",
+)
+@pytest.mark.parametrize("path", EXECUTED_NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_prose_number_is_printed(path: Path) -> None:
+    notebook = json.loads(path.read_text())
+    assert any(c.get("outputs") for c in notebook["cells"] if c["cell_type"] == "code"), f"{path} was not executed"
+    missing = unprinted_numbers(notebook)
+    assert not missing, (
+        f"{path.name}: numbers in the prose that no cell prints (cell index, number): {missing}. "
+        "Print them from a cell (or render the committed results file that holds them), or drop them."
+    )

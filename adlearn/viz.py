@@ -116,18 +116,22 @@ def load_results(name: str) -> dict | None:
     return json.loads(path.read_text())
 
 
-def markdown_table(rows: Sequence[dict], columns: dict[str, str], digits: int = 3):
+def markdown_table(rows: Sequence[dict], columns: dict[str, str | tuple[str, int]], digits: int = 3):
     """A Markdown table (an ``IPython.display.Markdown``) of ``rows``: ``columns`` maps a row key
-    to its header; floats are printed with ``digits`` decimals, missing values as "–"."""
+    to its header, or to (header, decimals); floats get ``digits`` decimals unless a column says
+    otherwise, missing values print as "–"."""
     from IPython.display import Markdown
 
-    def cell(value) -> str:
+    specs = {key: spec if isinstance(spec, tuple) else (spec, digits) for key, spec in columns.items()}
+
+    def cell(value, places: int) -> str:
         if value is None or (isinstance(value, float) and np.isnan(value)):
             return "–"
-        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+        return f"{value:.{places}f}" if isinstance(value, float) else str(value)
 
-    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(key)) for key in columns) + " |" for row in rows]
+    lines = ["| " + " | ".join(header for header, _ in specs.values()) + " |", "|" + "---|" * len(specs)]
+    lines += ["| " + " | ".join(cell(row.get(key), places) for key, (_, places) in specs.items()) + " |"
+              for row in rows]
     return Markdown("\n".join(lines))
 
 

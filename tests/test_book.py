@@ -87,11 +87,17 @@ METRIC_LIKE = re.compile(
 )
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 NOT_PROSE = re.compile(r"```.*?```|`[^`\n]*`|\$\$.*?\$\$|\$[^$\n]*\$", re.S)  # code and maths
+SENTENCE_END = re.compile(r"(?<=[.;:!?])\s+(?=[A-Z(*])|\n\s*\n|\n\s*[*|-]\s")
+# A sentence that names its source quotes a published number: a citation, a link (issue, README),
+# or the book's "Papers and official code" page.
+SOURCED = re.compile(r"\{cite|\]\(https?://|\]\([^)]*papers")
 
 
 def prose_numbers(markdown: str) -> list[str]:
-    """The metric-like numbers of a markdown cell's prose (code and maths are not prose)."""
-    return METRIC_LIKE.findall(NOT_PROSE.sub(" ", markdown))
+    """The metric-like numbers of a markdown cell's own prose: code and maths are not prose, and
+    a sentence that cites its source quotes a published number rather than claiming a result."""
+    sentences = SENTENCE_END.split(NOT_PROSE.sub(" ", markdown))
+    return [n for sentence in sentences if not SOURCED.search(sentence) for n in METRIC_LIKE.findall(sentence)]
 
 
 def _output_text(cell: dict) -> str:
@@ -129,6 +135,9 @@ def unprinted_numbers(notebook: dict) -> list[tuple[int, str]]:
 def test_prose_number_detection() -> None:
     text = "AUPRO is 0.575 (not 0.5); 1.71× faster; 49 % of it; a 32×32 map; `0.123` and $0.456$."
     assert prose_numbers(text) == ["0.575", "1.71", "49"]
+    quoted = "The paper reports 0.998 {cite}`x`. Issue [#4](https://github.com/o/r/issues/4) saw 0.674. We got 0.9."
+    assert prose_numbers(quoted) == []
+    assert prose_numbers("See the [appendix](../papers.md): 0.891.\n\nOurs: 0.812.") == ["0.812"]
     notebook = {"cells": [
         {"cell_type": "markdown", "source": text},
         {"cell_type": "code", "source": "", "outputs": [{"output_type": "stream", "text": "0.5751 1.709 49.2"}]},

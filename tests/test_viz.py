@@ -73,3 +73,8 @@ def test_committed_results_are_found() -> None:
     results = viz.load_results("padim_spade.json")
     assert results is not None and "command" in results["meta"]
     assert viz.results_file("no_such_file.json") is None
+
+
+def test_markdown_table_per_column_decimals() -> None:
+    table = viz.markdown_table([{"t": 7.4111, "a": 0.99681}], {"t": ("fit s", 1), "a": "AUROC"})
+    assert table.data.splitlines()[-1] == "| 7.4 | 0.997 |"

@@ -38,7 +38,16 @@ def test_the_book_has_notebooks() -> None:
 def test_toc_and_notebooks_agree() -> None:
     on_disk = {str(p.relative_to(BOOK).with_suffix("")) for p in NOTEBOOKS}
     listed = _toc_files()
-    assert on_disk == listed, f"notebooks not in _toc.yml: {on_disk - listed}; missing files: {listed - on_disk}"
+    pages = {f for f in listed if (BOOK / f"{f}.md").is_file()}
+    assert on_disk == listed - pages, f"notebooks not in _toc.yml: {on_disk - listed}; missing: {listed - pages - on_disk}"
+
+
+def test_no_reference_to_developer_notes() -> None:
+    """The book cites papers, repositories and issues — never notes a reader does not have."""
+    for path in [*NOTEBOOKS, *BOOK.rglob("*.md")]:
+        text = path.read_text()
+        for phrase in ("methods.md", "reference notes", "reference/"):
+            assert phrase not in text, f"{path.name} mentions {phrase!r}: link to papers.md instead"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -169,3 +169,43 @@ def test_every_prose_number_is_printed(path: Path) -> None:
         f"{path.name}: numbers in the prose that no cell prints (cell index, number): {missing}. "
         "Print them from a cell (or render the committed results file that holds them), or drop them."
     )
+
+
+# --- The built HTML reads offline: equations typeset by a bundled MathJax, no duplicated scripts.
+# Runs on `make book-build`'s output (``_build/html``; ``ADLEARN_BUILT_BOOK`` points elsewhere).
+
+BUILT = Path(os.environ.get("ADLEARN_BUILT_BOOK", BOOK.parent / "_build" / "html"))
+BUILT_PAGES = sorted(BUILT.rglob("*.html")) if BUILT.is_dir() else []
+SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.S)
+
+
+@pytest.mark.skipif(not BUILT_PAGES, reason=f"no built book in {BUILT}: run `make book-build` first")
+def test_built_pages_typeset_equations_offline() -> None:
+    pages_with_maths = 0
+    for page in BUILT_PAGES:
+        html = page.read_text(encoding="utf-8")
+        scripts = SCRIPT.findall(html)
+        assert len(scripts) == len(set(scripts)), f"{page.name}: a script is included twice"
+        sources = re.findall(r'<script[^>]*\bsrc="([^"]*mathjax[^"]*)"', html, re.I)
+        if 'class="math' not in html:
+            continue
+        pages_with_maths += 1
+        assert sources, f"{page.name} has equations but loads no MathJax"
+        for source in sources:
+            assert "://" not in source, f"{page.name} loads MathJax from the network: {source}"
+            assert (page.parent / source.split("?")[0]).is_file(), f"{page.name}: {source} is missing"
+    assert pages_with_maths, "no built page has equations: is this the book?"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_profile_is_an_explicit_choice(path: Path) -> None:
+    """A GPU runtime must not silently pick the paper profile: the notebooks default to "book"."""
+    setup = _source(next(c for c in _cells(path) if c["cell_type"] == "code"))
+    assert 'adlearn.setup(os.environ.get("ADLEARN_PROFILE", "book"))' in setup
+    assert '"paper"' in setup and "opt-in" in setup, "the setup cell states what the paper profile costs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_code_lines_fit_the_page(path: Path) -> None:
+    long = [line for c in _cells(path) if c["cell_type"] == "code" for line in _source(c).splitlines() if len(line) > 88]
+    assert not long, f"{path.name}: {len(long)} code lines over 88 characters, e.g. {long[0]!r}"

@@ -24,21 +24,21 @@ batch on every device.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import AdlearnError
+from .settings import Settings
 
 __all__ = ["Augment"]
 
 
 @dataclass(frozen=True)
-class Augment:
+class Augment(Settings):
     """Random affine warp of each image of a batch: rotation, translation, optional flips.
 
     Args:
@@ -51,6 +51,7 @@ class Augment:
     black borders appear that the model would have to learn as "nominal".
     """
 
+    argument: ClassVar[str] = "augment"
     rotate_deg: float = 0.0
     shift: float = 0.0
     hflip: bool = False
@@ -64,25 +65,6 @@ class Augment:
         for flag in ("hflip", "vflip"):
             if not isinstance(getattr(self, flag), bool):
                 raise AdlearnError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
-
-    @classmethod
-    def from_params(cls, params: Augment | Mapping[str, Any] | None) -> Augment | None:
-        """``None`` (no augmentation), an :class:`Augment`, or a dict of its fields → an Augment or None."""
-        if params is None or isinstance(params, cls):
-            return params
-        if not isinstance(params, Mapping):
-            raise AdlearnError(
-                f"augment must be None, an adlearn.augment.Augment or a dict of its fields, got {params!r}"
-            )
-        known = {f.name for f in fields(cls)}
-        unknown = set(params) - known
-        if unknown:
-            raise AdlearnError(f"unknown augmentation setting(s) {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**params)
-
-    def params(self) -> dict[str, Any]:
-        """The settings as a plain dict (what models store as their ``augment`` hyper-parameter)."""
-        return asdict(self)
 
     @property
     def is_identity(self) -> bool:

@@ -27,17 +27,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor, nn
 
 from .env import progress_bar, seeded
 from .errors import AdlearnError
+from .settings import Settings
 
 __all__ = [
     "DDIMStep",
+    "UNetConfig",
     "alpha_bar_at",
     "alpha_bar_table",
     "ddim_sample",
@@ -46,9 +48,7 @@ __all__ = [
     "ddpm_scheduler",
     "epsilon_loss",
     "generate",
-    "make_unet",
     "q_sample",
-    "resize",
     "seeded_noise",
     "to_signed",
     "to_unit",
@@ -60,17 +60,18 @@ EpsilonFn = Callable[[Tensor, int], Tensor]
 
 
 # --- the forward process ----------------------------------------------------------------------
-def ddpm_scheduler(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
-                   beta_end: float = 0.02) -> DDPMScheduler:
-    """diffusers' DDPM scheduler with DDPM's linear β schedule and ε-prediction, no clipping."""
+def ddpm_scheduler(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                   beta_schedule: str = "linear") -> DDPMScheduler:
+    """diffusers' DDPM scheduler with ε-prediction and no clipping; β linear from ``beta_start`` to
+    ``beta_end`` (DDPM), or ``"scaled_linear"``, linear in √β (latent diffusion: 0.00085 → 0.012)."""
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-                         beta_schedule="linear", prediction_type="epsilon", clip_sample=False)
+                         beta_schedule=beta_schedule, prediction_type="epsilon", clip_sample=False)
 
 
-def alpha_bar_table(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
-                    beta_end: float = 0.02) -> Tensor:
+def alpha_bar_table(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                    beta_schedule: str = "linear") -> Tensor:
     """ᾱ_t for t = 0 … T−1 (float32, diffusers' values): ``table[t]`` is the signal fraction at step t."""
-    return ddpm_scheduler(num_train_timesteps, beta_start, beta_end).alphas_cumprod.clone()
+    return ddpm_scheduler(num_train_timesteps, beta_start, beta_end, beta_schedule).alphas_cumprod.clone()
 
 
 def alpha_bar_at(alpha_bar: Tensor, t: int) -> Tensor:
@@ -203,46 +204,64 @@ def seeded_noise(seed: int, shape: Sequence[int], count: int, device: torch.devi
 
 
 # --- the network ------------------------------------------------------------------------------
-def make_unet(
-    sample_size: int,
-    base_channels: int = 64,
-    channel_mults: Sequence[int] = (1, 1, 2, 2, 4, 4),
-    layers_per_block: int = 2,
-    attention_levels: Sequence[int] = (3, 4, 5),
-    heads: int = 4,
-    dropout: float = 0.0,
-    in_channels: int = 3,
-    seed: int = 0,
-) -> UNet2DModel:
-    """A guided-diffusion-style ``UNet2DModel`` (the defaults: DDAD's ≈ 33 M-parameter UNet at 256 px).
+@dataclass(frozen=True)
+class UNetConfig(Settings):
+    """The denoiser's architecture, one object that DDAD and DiAD share (defaults: DDAD's ≈ 33 M UNet).
 
     Level i has ``base_channels · channel_mults[i]`` channels and halves the resolution before
-    the next; ``attention_levels`` get self-attention (DDAD: 32², 16², 8² at 256 px). Like
-    guided diffusion, time conditions the residual blocks by scale and shift of the normalised
-    features, and resolution changes inside residual blocks (BigGAN style). Initialised from
-    ``seed`` without touching the global RNG.
+    the next; ``attention_levels`` get self-attention with ``heads`` heads (DDAD: 32², 16², 8² at
+    256 px). Stored in a model as a plain dict (:meth:`params`), rebuilt with ``UNetConfig(**d)``.
     """
-    if not channel_mults or any(m < 1 for m in channel_mults) or base_channels < 1:
-        raise AdlearnError(f"channel_mults must be positive integers, got {tuple(channel_mults)}")
-    if sample_size % 2 ** (len(channel_mults) - 1):
-        raise AdlearnError(
-            f"input size {sample_size} must be divisible by 2^{len(channel_mults) - 1} for a "
-            f"{len(channel_mults)}-level UNet; change the size or channel_mults"
-        )
-    bad = [lvl for lvl in attention_levels if not 0 <= lvl < len(channel_mults)]
-    if bad:
-        raise AdlearnError(f"attention_levels {bad} do not exist in a {len(channel_mults)}-level UNet")
-    channels = tuple(base_channels * m for m in channel_mults)
-    down = tuple("AttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in range(len(channels)))
-    up = tuple(b.replace("Down", "Up") for b in reversed(down))
-    with seeded(seed):
-        return UNet2DModel(
-            sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
-            block_out_channels=channels, down_block_types=down, up_block_types=up,
-            layers_per_block=layers_per_block, attention_head_dim=max(1, channels[-1] // heads),
-            norm_num_groups=math.gcd(32, *channels), dropout=dropout,
-            resnet_time_scale_shift="scale_shift", downsample_type="resnet", upsample_type="resnet",
-        )
+
+    argument: ClassVar[str] = "denoiser"
+    base_channels: int = 64
+    channel_mults: tuple[int, ...] = (1, 1, 2, 2, 4, 4)
+    layers_per_block: int = 2
+    attention_levels: tuple[int, ...] = (3, 4, 5)
+    heads: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
+        object.__setattr__(self, "attention_levels", tuple(self.attention_levels))
+        if not self.channel_mults or any(m < 1 for m in self.channel_mults) or self.base_channels < 1:
+            raise AdlearnError(f"channel_mults must be positive integers, got {self.channel_mults}")
+        bad = [lvl for lvl in self.attention_levels if not 0 <= lvl < len(self.channel_mults)]
+        if bad:
+            raise AdlearnError(f"attention_levels {bad} do not exist in a {len(self.channel_mults)}-level UNet")
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Channels per level."""
+        return tuple(self.base_channels * m for m in self.channel_mults)
+
+    def check_size(self, sample_size: int) -> None:
+        """Every level halves the image: the side must divide by 2^(levels − 1)."""
+        if sample_size < 1 or sample_size % 2 ** (len(self.channel_mults) - 1):
+            raise AdlearnError(
+                f"input size {sample_size} must be divisible by 2^{len(self.channel_mults) - 1} for a "
+                f"{len(self.channel_mults)}-level UNet; change the size or channel_mults"
+            )
+
+    def build(self, sample_size: int, in_channels: int = 3, seed: int = 0) -> UNet2DModel:
+        """A guided-diffusion-style ``UNet2DModel`` for ``sample_size``² images, initialised from ``seed``.
+
+        Like guided diffusion, time conditions the residual blocks by scale and shift of the
+        normalised features, and resolution changes inside residual blocks (BigGAN style). The
+        global RNG is left untouched.
+        """
+        self.check_size(sample_size)
+        channels = self.channels
+        down = tuple("AttnDownBlock2D" if i in self.attention_levels else "DownBlock2D" for i in range(len(channels)))
+        up = tuple(b.replace("Down", "Up") for b in reversed(down))
+        with seeded(seed):
+            return UNet2DModel(
+                sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
+                block_out_channels=channels, down_block_types=down, up_block_types=up,
+                layers_per_block=self.layers_per_block, attention_head_dim=max(1, channels[-1] // self.heads),
+                norm_num_groups=math.gcd(32, *channels), dropout=self.dropout,
+                resnet_time_scale_shift="scale_shift", downsample_type="resnet", upsample_type="resnet",
+            )
 
 
 # --- image space ------------------------------------------------------------------------------
@@ -254,11 +273,3 @@ def to_signed(images: Tensor) -> Tensor:
 def to_unit(x: Tensor) -> Tensor:
     """[-1, 1] → [0, 1], clamped."""
     return ((x + 1) / 2).clamp(0, 1)
-
-
-def resize(images: Tensor, size: int | tuple[int, int]) -> Tensor:
-    """Bilinear resize of ``[B,C,H,W]`` (anti-aliased when shrinking); a no-op at the same size."""
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(images.shape[-2:]) == size:
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)

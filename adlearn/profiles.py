@@ -7,22 +7,19 @@ A profile answers "how much compute do I have?", never "which method do I run?":
 * ``paper`` — a Colab GPU or a workstation: the papers' hyper-parameters.
 
 Notebooks read sizes from the profile (``cfg.profile.image_size``) instead of branching on a
-flag, and :func:`adlearn.models.build` applies :meth:`Profile.model_kwargs` so a model built for a
-profile gets that profile's settings. Model constructors carry the *paper's* defaults; the
-``paper`` profile therefore only lists what differs from a constructor default (nothing, ideally).
+flag. What a profile means for one *model* is declared next to that model's class
+(``AnomalyModel.profiles``, like timm's ``default_cfgs``), and :func:`adlearn.models.build` applies
+it; model constructors carry the *paper's* defaults, so the ``paper`` entry of a model lists only
+what differs from them (nothing, ideally). A new method therefore edits nothing here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Mapping
 
 from .errors import AdlearnError
-
-
-def _frozen(d: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Mapping[str, Any]]:
-    return MappingProxyType({k: MappingProxyType(dict(v)) for k, v in d.items()})
 
 
 @dataclass(frozen=True)
@@ -46,49 +43,12 @@ class Profile:
     elpv_n_test: int | None
     """ELPV test cells (``None``: all remaining ones)."""
     batch_size: int
-    models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    """Per-model keyword arguments that override the constructor (paper) defaults."""
-
-    def model_kwargs(self, model_name: str) -> dict[str, Any]:
-        """The keyword arguments this profile passes to ``model_name``'s constructor."""
-        return dict(self.models.get(model_name, {}))
 
 
-def _sigma(image_size: int) -> float:
+def sigma_for(image_size: int) -> float:
     """Gaussian smoothing σ that keeps the papers' σ=4 at 256 px proportionate at other sizes."""
     return 4.0 * image_size / 256
 
-
-FAST = Profile(
-    name="fast",
-    description="CI and tests: tiny images, few images, few steps (minutes on 2 CPU cores)",
-    image_size=128,
-    categories=("fabric", "washer"),
-    n_train=24,
-    n_test_good=8,
-    n_test_defect=2,
-    elpv_n_train=48,
-    elpv_n_test=48,
-    batch_size=8,
-    models=_frozen(
-        {
-            "MeanImage": {"sigma": _sigma(128)},
-            # a 0.36 M-parameter network at 64 px (maps come back at 128 px): seconds of training on 1 thread
-            "AutoEncoder": {"input_size": 64, "base_width": 16, "epochs": 40, "lr": 1e-3, "batch_size": 8,
-                            "sigma": _sigma(128)},
-            "VAE": {"input_size": 64, "base_width": 16, "epochs": 40, "lr": 1e-3, "batch_size": 8,
-                    "sigma": _sigma(128)},
-            "PaDiM": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto", "sigma": _sigma(128)},
-            # K=10 of the 24 training images (the paper's K=50 needs ≥ 50 images)
-            "SPADE": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto", "sigma": _sigma(128), "k": 10},
-            # a 0.3 M-parameter UNet denoising at 32 px, trained for seconds; no domain adaptation
-            "DDAD": {"input_size": 32, "base_channels": 16, "channel_mults": (1, 2, 2),
-                     "layers_per_block": 1, "attention_levels": (), "epochs": 60, "lr": 2e-3, "batch_size": 8,
-                     "backbone": "tf_efficientnet_lite0", "pretrained": "auto", "sigma": _sigma(128),
-                     "da_epochs": 0},
-        }
-    ),
-)
 
 BOOK = Profile(
     name="book",
@@ -101,42 +61,17 @@ BOOK = Profile(
     elpv_n_train=300,
     elpv_n_test=300,
     batch_size=16,
-    models=_frozen(
-        {
-            # a 0.37 M-parameter network at 128 px, so 2-px defects survive the resize (maps come back
-            # at 256 px); 40 epochs of 72 images in well under a minute per model on 1 thread
-            "AutoEncoder": {"input_size": 128, "base_width": 16, "epochs": 40, "lr": 1e-3, "batch_size": 8},
-            "VAE": {"input_size": 128, "base_width": 16, "epochs": 40, "lr": 1e-3, "batch_size": 8},
-            "PaDiM": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto"},
-            "SPADE": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto"},  # the paper's K=50 of 80 images
-            # a 1.2 M-parameter UNet denoising at 64 px (maps come back at 256 px); ≈ 10 min per category
-            "DDAD": {"input_size": 64, "base_channels": 16, "channel_mults": (1, 2, 4, 4),
-                     "layers_per_block": 1, "attention_levels": (3,), "epochs": 300, "lr": 1e-3,
-                     "batch_size": 16, "backbone": "tf_efficientnet_lite0", "pretrained": "auto", "da_epochs": 2},
-        }
-    ),
 )
 
-PAPER = Profile(
-    name="paper",
-    description="a GPU: the papers' hyper-parameters (256 px, WideResNet backbones)",
-    image_size=256,
-    categories=("fabric", "stone", "washer", "capsule"),
-    n_train=200,
-    n_test_good=40,
-    n_test_defect=10,
-    elpv_n_train=None,
-    elpv_n_test=None,
-    batch_size=32,
-    models=_frozen(
-        {
-            "AutoEncoder": {},  # the constructor defaults: 256 px, batch 32, Adam 1e-4, 100 epochs, ±2° / ±2 %
-            "VAE": {},
-            "PaDiM": {"backbone": "wide_resnet50_2"},
-            "SPADE": {},  # the constructor defaults are the paper's: WRN50-2, K=50, κ=1, σ=4
-            "DDAD": {},  # the constructor defaults are the paper's: 33 M UNet at 256 px, WRN101-2, w=2, DA
-        }
-    ),
+FAST = replace(
+    BOOK, name="fast", description="CI and tests: tiny images, few images, few steps (minutes on 2 CPU cores)",
+    image_size=128, categories=("fabric", "washer"), n_train=24, n_test_good=8, n_test_defect=2,
+    elpv_n_train=48, elpv_n_test=48, batch_size=8,
+)
+
+PAPER = replace(
+    BOOK, name="paper", description="a GPU: the papers' hyper-parameters (256 px, WideResNet backbones)",
+    n_train=200, n_test_good=40, n_test_defect=10, elpv_n_train=None, elpv_n_test=None, batch_size=32,
 )
 
 PROFILES: Mapping[str, Profile] = MappingProxyType({p.name: p for p in (FAST, BOOK, PAPER)})

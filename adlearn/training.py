@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .env import progress_bar, seeded
 from .errors import AdlearnError
-from .models.base import check_images, images_of
+from .batches import check_images, images_of
 
 __all__ = ["History", "train", "split_validation", "make_accelerator"]
 
@@ -126,7 +126,7 @@ def _validate(network: nn.Module, loss_fn: LossFn, loader: DataLoader, device: t
 def train(
     network: nn.Module,
     loss_fn: LossFn,
-    data: Dataset | Tensor,
+    data: Dataset | DataLoader | Tensor,
     *,
     epochs: int,
     lr: float,
@@ -146,7 +146,9 @@ def train(
 ) -> History:
     """Train ``network`` in place to minimise ``loss_fn(network, images)``; returns the :class:`History`.
 
-    ``data`` holds nominal images (a Dataset of samples or a tensor ``[N,3,H,W]`` in [0,1]).
+    ``data`` holds nominal images: a Dataset of samples or a tensor ``[N,3,H,W]`` in [0,1] (batched
+    here, with a validation split of ``val_fraction``), or a DataLoader, used as given — its
+    batches, sampler and workers — with no validation split (hold images out yourself).
     ``patience``: stop after that many epochs without a better validation loss (``None``: never).
     """
     if epochs < 1:
@@ -161,9 +163,12 @@ def train(
     def autocast() -> contextlib.AbstractContextManager:
         return torch.autocast(accelerator.device.type, dtype=dtype, enabled=dtype is not None)
 
-    train_set, val_set = split_validation(data, val_fraction, seed)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) > batch_size)
-    val_loader = DataLoader(val_set, batch_size=batch_size) if val_set is not None else None
+    if isinstance(data, DataLoader):
+        loader, val_loader = data, None
+    else:
+        train_set, val_set = split_validation(data, val_fraction, seed)
+        loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) > batch_size)
+        val_loader = DataLoader(val_set, batch_size=batch_size) if val_set is not None else None
     opt = _optimizer(optimizer, [p for p in network.parameters() if p.requires_grad], lr, weight_decay)
     wrapped, opt, loader = accelerator.prepare(network, opt, loader)
 

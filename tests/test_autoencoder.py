@@ -10,9 +10,9 @@ from torch.utils.data import DataLoader, TensorDataset
 import adlearn
 from adlearn.augment import Augment
 from adlearn.errors import AdlearnError
+from adlearn.conv import build_decoder, build_encoder, stage_widths
 from adlearn.models import VAE, AutoEncoder, build
-from adlearn.models.autoencoder import build_decoder, build_encoder, stage_widths
-from adlearn.models.vae import kl_divergence
+from adlearn.models.autoencoder import kl_divergence
 from adlearn.ops import ssim_map
 from adlearn.training import History
 from tests.conftest import nominal_images
@@ -170,7 +170,7 @@ def test_augment_parameters_are_plain_and_validated() -> None:
     assert Augment.from_params({"rotate_deg": 2}) == Augment(rotate_deg=2)
     assert Augment.from_params(None) is None
     assert Augment(shift=0.1).params() == {"rotate_deg": 0.0, "shift": 0.1, "hflip": False, "vflip": False}
-    with pytest.raises(AdlearnError, match="unknown augmentation"):
+    with pytest.raises(AdlearnError, match="unknown augment setting"):
         Augment.from_params({"rotation": 2})
     with pytest.raises(AdlearnError, match="shift"):
         Augment(shift=0.7)

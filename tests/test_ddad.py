@@ -12,8 +12,9 @@ from adlearn.models import DDAD, build
 from adlearn.training import split_validation
 from tests.conftest import nominal_images
 
-TINY = {"input_size": 32, "base_channels": 16, "channel_mults": (1, 2), "layers_per_block": 1,
-        "attention_levels": (), "epochs": 40, "lr": 2e-3, "batch_size": 8,
+TINY = {"input_size": 32,
+        "denoiser": {"base_channels": 16, "channel_mults": (1, 2), "layers_per_block": 1, "attention_levels": ()},
+        "epochs": 40, "lr": 2e-3, "batch_size": 8,
         "backbone": "tf_efficientnet_lite0", "pretrained": "auto", "sigma": 1.0, "da_epochs": 0,
         "device": "cpu"}
 
@@ -25,8 +26,10 @@ def model(train_images) -> DDAD:
 
 def test_constructor_defaults_are_the_papers() -> None:
     p = DDAD().get_params()
-    unet = (p["input_size"], p["base_channels"], p["channel_mults"], p["layers_per_block"])
-    assert unet == (256, 64, (1, 1, 2, 2, 4, 4), 2)
+    unet = p["denoiser"]
+    assert (p["input_size"], unet["base_channels"], unet["channel_mults"], unet["layers_per_block"]) == (
+        256, 64, (1, 1, 2, 2, 4, 4), 2)
+    assert (unet["attention_levels"], unet["heads"], unet["dropout"]) == ((3, 4, 5), 4, 0.0)
     assert (p["test_steps"], p["skip"], p["eta"], p["w"], p["v"]) == (250, 25, 1.0, 2.0, 1.0)
     assert (p["lr"], p["weight_decay"], p["batch_size"], p["seed"]) == (3e-4, 0.05, 32, 42)
     assert (p["backbone"], p["layers"], p["sigma"]) == ("wide_resnet101_2", (2, 3), 4.0)

@@ -15,7 +15,7 @@ from adlearn.diffusion import (
     ddpm_scheduler,
     epsilon_loss,
     generate,
-    make_unet,
+    UNetConfig,
     q_sample,
     seeded_noise,
     to_signed,
@@ -103,7 +103,7 @@ def test_a_perfect_denoiser_recovers_the_image() -> None:
 
 
 def test_epsilon_loss_sums_over_pixels() -> None:
-    unet = make_unet(16, base_channels=8, channel_mults=(1, 2), layers_per_block=1, attention_levels=())
+    unet = UNetConfig(base_channels=8, channel_mults=(1, 2), layers_per_block=1, attention_levels=()).build(16)
     x0 = torch.rand(2, 3, 16, 16) * 2 - 1
     torch.manual_seed(0)
     summed = epsilon_loss(unet, x0, ALPHA_BAR, reduction="sum")
@@ -116,27 +116,27 @@ def test_epsilon_loss_sums_over_pixels() -> None:
 
 def test_unet_shapes_seeding_and_errors() -> None:
     small = {"base_channels": 8, "channel_mults": (1, 2), "layers_per_block": 1, "attention_levels": (1,)}
-    a, b = make_unet(16, **small, seed=3), make_unet(16, **small, seed=3)
+    a, b = UNetConfig(**small).build(16, seed=3), UNetConfig(**small).build(16, seed=3)
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
     x = torch.randn(2, 3, 16, 16)
     assert unet_epsilon(a, x, 10).shape == x.shape
     with pytest.raises(AdlearnError, match="divisible"):
-        make_unet(18, channel_mults=(1, 2, 2), attention_levels=())
+        UNetConfig(channel_mults=(1, 2, 2), attention_levels=()).build(18)
     with pytest.raises(AdlearnError, match="attention_levels"):
-        make_unet(16, channel_mults=(1, 2), attention_levels=(3,))
+        UNetConfig(channel_mults=(1, 2), attention_levels=(3,))
 
 
 def test_paper_unet_has_about_33m_parameters() -> None:
     """DDAD's official UNet prints "Num params: 32952707" at 256 px (methods.md §4.2)."""
     with torch.device("meta"):
-        unet = make_unet(256)
+        unet = UNetConfig().build(256)
     n = sum(p.numel() for p in unet.parameters())
     assert 32e6 < n < 35e6, n
 
 
 def test_generate_is_seeded_and_in_range() -> None:
-    unet = make_unet(16, base_channels=8, channel_mults=(1, 2), layers_per_block=1, attention_levels=())
+    unet = UNetConfig(base_channels=8, channel_mults=(1, 2), layers_per_block=1, attention_levels=()).build(16)
     unet.eval()
     a = generate(unet, ALPHA_BAR, 2, skip=100, seed=1)
     assert a.shape == (2, 3, 16, 16) and torch.isfinite(a).all()

@@ -10,7 +10,7 @@ import torch
 import adlearn
 from adlearn.env import resolve_device
 from adlearn.errors import AdlearnError
-from adlearn.models import build
+from adlearn.models import PaDiM, build
 from adlearn.profiles import PROFILES, get_profile
 
 
@@ -52,7 +52,7 @@ def test_profiles_are_frozen_and_ordered_by_cost() -> None:
 
 def test_build_applies_profile_then_overrides() -> None:
     fast = build("PaDiM", profile="fast")
-    assert fast.backbone == get_profile("fast").model_kwargs("PaDiM")["backbone"]
+    assert fast.backbone == PaDiM.profiles["fast"]["backbone"] == PaDiM.params_for(get_profile("fast"))["backbone"]
     paper = build("PaDiM", profile="paper", d=7)
     assert paper.backbone == "wide_resnet50_2" and paper.d == 7
     with pytest.raises(AdlearnError, match="available"):

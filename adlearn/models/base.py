@@ -2,13 +2,19 @@
 
 A model is a ``torch.nn.Module`` with scikit-learn's shape:
 
-* ``__init__`` stores hyper-parameters only (attributes named exactly like the arguments);
-* ``fit(data)`` learns and returns ``self`` — ``data`` is a Dataset or DataLoader of samples
-  (``{"image": float[3,H,W] in [0,1], "label": 0, ...}``), or a tensor ``float[N,3,H,W]``;
+* ``__init__`` takes hyper-parameters only. This class records them: every argument of a
+  subclass's ``__init__`` becomes an attribute of the same name (lists become tuples) and part of
+  :meth:`~AnomalyModel.get_params`, and ``_check_params`` validates them once — no method file
+  repeats ``self.x = x`` (diffusers' ``register_to_config``, scikit-learn's ``get_params``);
+* ``fit(data)`` learns from scratch and returns ``self`` — ``data`` is a Dataset or DataLoader of
+  samples (``{"image": float[3,H,W] in [0,1], "label": 0, ...}``), a tensor ``float[N,3,H,W]``,
+  or a list of Datasets (one model for several categories); ``warm_start=True`` continues;
 * ``predict(images)`` maps ``float[B,3,H,W]`` in [0,1] to a :class:`Prediction` whose
   ``score[i]`` and ``anomaly_map[i]`` depend on image ``i`` only;
 * ``save(path)`` / :func:`load` round-trip the hyper-parameters and every learned tensor.
 
+A method declares, next to its class, the settings each run profile gives it (``profiles``, like
+timm's ``default_cfgs``), so :func:`adlearn.models.build` needs nothing else to know about it.
 Subclasses implement ``_build(load_weights)`` (create sub-modules such as the backbone),
 ``_fit(data)`` and ``_predict(images)``; this class does the checking, the device placement,
 the batching and the serialisation so that no model repeats it.
@@ -16,146 +22,82 @@ the batching and the serialisation so that no model repeats it.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from .._version import __version__
+from ..backbones import FeatureExtractor
+from ..batches import as_dataset, check_images
 from ..env import resolve_device
 from ..errors import AdlearnError
+from ..files import atomic_write
+from ..prediction import Prediction, concat_predictions
+from ..profiles import Profile
 
-__all__ = ["Prediction", "AnomalyModel", "REGISTRY", "load", "iter_images", "images_of", "check_images"]
+__all__ = ["Prediction", "AnomalyModel", "REGISTRY", "load"]
 
 FORMAT = "adlearn-model/1"
 
 REGISTRY: dict[str, type["AnomalyModel"]] = {}
 """Every concrete model class by name; filled by :meth:`AnomalyModel.__init_subclass__`."""
 
-
-@dataclass
-class Prediction:
-    """What ``predict`` returns. Higher = more anomalous."""
-
-    score: Tensor
-    """float[B]: image anomaly score."""
-    anomaly_map: Tensor
-    """float[B,H,W]: per-pixel anomaly score at the input's resolution."""
-    reconstruction: Tensor | None = None
-    """float[B,3,H,W] in [0,1] for reconstruction-based models (AE, VAE, DDAD, DiAD)."""
-
-    def to(self, device: str | torch.device) -> "Prediction":
-        return Prediction(**{f.name: _to(getattr(self, f.name), device) for f in fields(self)})
-
-    def cpu(self) -> "Prediction":
-        return self.to("cpu")
-
-    def __len__(self) -> int:
-        return len(self.score)
+_SKIPPED = ("self", "device")
 
 
-def _to(value: Tensor | None, device: str | torch.device) -> Tensor | None:
-    return None if value is None else value.to(device)
+def _plain(value: Any) -> Any:
+    """Hyper-parameters as plain, comparable, safely saved values: sequences become tuples."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
-def check_images(images: Any, *, what: str = "images") -> Tensor:
-    """Validate a batch of images: a float tensor ``[B,3,H,W]`` with values in [0,1]."""
-    if not isinstance(images, Tensor):
-        raise AdlearnError(
-            f"{what} must be a torch.Tensor of shape [B,3,H,W], got {type(images).__name__}; "
-            "convert with torchvision.transforms.functional.to_tensor or torch.as_tensor"
-        )
-    if images.ndim == 3:
-        raise AdlearnError(
-            f"{what} must be a batch [B,3,H,W], got one image of shape {tuple(images.shape)}; "
-            "add the batch dimension with images.unsqueeze(0)"
-        )
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise AdlearnError(
-            f"{what} must have shape [B,3,H,W], got {tuple(images.shape)}; grey images need "
-            "3 channels (images.expand(-1, 3, -1, -1)), channels-last arrays need permute(0, 3, 1, 2)"
-        )
-    if not images.is_floating_point():
-        raise AdlearnError(
-            f"{what} must be floating point in [0,1], got dtype {images.dtype}; "
-            "for uint8 images use images.float() / 255"
-        )
-    if images.shape[0] == 0:
-        raise AdlearnError(f"{what} is an empty batch (shape {tuple(images.shape)})")
-    if not torch.isfinite(images).all():
-        raise AdlearnError(f"{what} contain NaN or infinite values")
-    lo, hi = images.min().item(), images.max().item()
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise AdlearnError(
-            f"{what} must lie in [0,1], got values in [{lo:.3g}, {hi:.3g}]; models normalise "
-            "internally, so pass un-normalised images (uint8 images: divide by 255)"
-        )
-    return images
-
-
-def as_dataset(data: Any) -> Dataset | DataLoader:
-    """Accept a Dataset, a DataLoader or a tensor of images; reject anything empty."""
-    if isinstance(data, Tensor):
-        data = TensorDataset(check_images(data, what="training images"))
-    if not isinstance(data, (Dataset, DataLoader)):
-        raise AdlearnError(
-            f"fit expects a Dataset, a DataLoader or a tensor [N,3,H,W], got {type(data).__name__}"
-        )
-    try:
-        size = len(data)
-    except TypeError:  # an iterable-style dataset: its size is only known once iterated
-        size = None
-    if size == 0:
-        raise AdlearnError(
-            "cannot fit on an empty training set; check that the train/good folder holds images "
-            "(see adlearn.datasets.MVTecAD) or that your dataset is not filtered to nothing"
-        )
-    return data
-
-
-def images_of(batch: Any) -> Tensor:
-    """The image tensor of a collated batch (a dict of samples, a tuple, or a tensor)."""
-    if isinstance(batch, dict):
-        if "label" in batch and torch.as_tensor(batch["label"]).ne(0).any():
-            paths = batch.get("path", [])
-            labels = torch.as_tensor(batch["label"]).tolist()
-            bad = [p for p, lab in zip(paths, labels) if lab != 0][:3]
-            raise AdlearnError(
-                f"fit received anomalous images (label 1), e.g. {bad}; one-class models learn "
-                "from nominal images only: fit on the train split"
-            )
-        return batch["image"]
-    if isinstance(batch, (tuple, list)):
-        return batch[0]
-    return batch
-
-
-def iter_images(
-    data: Dataset | DataLoader, batch_size: int, device: torch.device, *, shuffle: bool = False,
-    generator: torch.Generator | None = None,
-) -> Iterator[Tensor]:
-    """Yield validated image batches ``float[B,3,H,W]`` on ``device`` from a dataset or loader."""
-    loader = data if isinstance(data, DataLoader) else DataLoader(
-        data, batch_size=batch_size, shuffle=shuffle, generator=generator
+def _recording(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a model's ``__init__`` so that its arguments are recorded before its body runs."""
+    signature = inspect.signature(init)
+    names = tuple(
+        p.name for p in signature.parameters.values()
+        if p.name not in _SKIPPED and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     )
-    seen = 0
-    for batch in loader:
-        images = check_images(images_of(batch), what="training images")
-        seen += len(images)
-        yield images.to(device, non_blocking=True)
-    if seen == 0:
-        raise AdlearnError("cannot fit on an empty training set: the data loader yielded no images")
+
+    @functools.wraps(init)
+    def __init__(self: AnomalyModel, *args: Any, **kwargs: Any) -> None:
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as err:
+            raise AdlearnError(
+                f"{type(self).__name__}: {err}; its hyper-parameters are {list(type(self)._param_names())}"
+            ) from None
+        bound.apply_defaults()
+        outermost = "_recording_params" not in self.__dict__
+        self.__dict__["_recording_params"] = True
+        for name in names:
+            self.__dict__[name] = _plain(bound.arguments[name])
+        init(self, *args, **kwargs)
+        if outermost:
+            del self.__dict__["_recording_params"]
+            self._check_params()
+
+    __init__._hyper_parameters = names  # type: ignore[attr-defined]
+    return __init__
 
 
 class AnomalyModel(nn.Module):
     """Base class of every adlearn model (see the module docstring for the contract)."""
 
     name: ClassVar[str]
+    profiles: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    """Constructor arguments per run profile (``"fast"``, ``"book"``, ``"paper"``) that override
+    the defaults (which are the paper's); a profile not listed uses the defaults."""
     _learned_attrs: ClassVar[tuple[str, ...]] = ()
     """Non-tensor values learned in ``fit`` that ``save`` must keep (tensors are buffers)."""
 
@@ -167,6 +109,8 @@ class AnomalyModel(nn.Module):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording(cls.__dict__["__init__"])
         if "name" in cls.__dict__:  # concrete models declare a name; helpers and mixins do not
             REGISTRY[cls.name] = cls
 
@@ -178,24 +122,41 @@ class AnomalyModel(nn.Module):
 
     # --- hyper-parameters (scikit-learn style) --------------------------------------------
     @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [
-            p.name for p in sig.parameters.values()
-            if p.name not in ("self", "device") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        ]
+    def _param_names(cls) -> tuple[str, ...]:
+        """The hyper-parameters of every ``__init__`` along the class hierarchy, base classes first."""
+        names: dict[str, None] = {}
+        for klass in reversed(cls.__mro__):
+            names.update(dict.fromkeys(getattr(klass.__dict__.get("__init__"), "_hyper_parameters", ())))
+        return tuple(names)
+
+    @classmethod
+    def params_for(cls, profile: str | Profile) -> dict[str, Any]:
+        """The constructor arguments that run profile ``profile`` sets for this model."""
+        name = profile.name if isinstance(profile, Profile) else profile
+        return dict(cls.profiles.get(name, {}))
 
     def get_params(self) -> dict[str, Any]:
         """The constructor arguments (hyper-parameters) of this model."""
         return {name: getattr(self, name) for name in self._param_names()}
 
+    def _check_params(self) -> None:
+        """Validate the hyper-parameters; called once, at the end of construction."""
+
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
 
     # --- the three verbs ------------------------------------------------------------------
-    def fit(self, data: Any) -> "AnomalyModel":
-        """Learn from nominal images; returns ``self``."""
+    def fit(self, data: Any, *, warm_start: bool = False) -> "AnomalyModel":
+        """Learn from nominal images, from scratch; returns ``self``.
+
+        ``warm_start=True`` keeps the trained networks and continues training them (statistics-
+        based models re-estimate from ``data`` either way). A ``fit`` that fails leaves the model
+        unfitted, never half-updated.
+        """
         data = as_dataset(data)
+        if not warm_start:
+            self._built = False  # fresh sub-modules: nothing learned before survives
+        self.fitted_ = False
         self._ensure_built(load_weights=True)
         self.eval()  # frozen parts (backbones, BatchNorm) stay in eval mode; trained parts switch
         self._fit(data)
@@ -210,8 +171,7 @@ class AnomalyModel(nn.Module):
         images = check_images(images).to(self.device)
         self.eval()
         step = batch_size or getattr(self, "batch_size", None) or len(images)
-        parts = [self._predict(images[i : i + step]) for i in range(0, len(images), step)]
-        pred = _concat(parts)
+        pred = concat_predictions([self._predict(images[i : i + step]) for i in range(0, len(images), step)])
         b, _, h, w = images.shape
         if pred.score.shape != (b,) or pred.anomaly_map.shape != (b, h, w):
             raise RuntimeError(  # a bug in the model, not the user's fault
@@ -224,6 +184,26 @@ class AnomalyModel(nn.Module):
         """Refuse to use a model before ``fit`` (or :func:`load`) gave it its learned state."""
         if not self.fitted_:
             raise AdlearnError(f"{type(self).__name__} is not fitted yet: call .fit(train_data) first")
+
+    def _check_image_size(self, images: Tensor, *, fitting: bool = False) -> None:
+        """For models with per-position state: record the training size (saved with the model),
+        then insist on it."""
+        size = tuple(images.shape[-2:])
+        if fitting:
+            self.image_size_ = size
+        elif size != self.image_size_:
+            raise AdlearnError(
+                f"{type(self).__name__} keeps state per pixel position, so it scores images of the size "
+                f"it was fitted on ({self.image_size_[0]}×{self.image_size_[1]}); got {size[0]}×{size[1]}: "
+                "resize the images (e.g. MVTecAD(..., image_size=...)) or refit"
+            )
+
+    def _build_feature_extractor(self, layers: tuple[int, ...], load_weights: bool) -> None:
+        """``self.feature_extractor``: the frozen ``self.backbone`` pyramid at ``layers``, with
+        ``self.pretrained``'s weights (none when restoring a file); records ``pretrained_``."""
+        pretrained = self.pretrained if load_weights else False
+        self.feature_extractor = FeatureExtractor(self.backbone, layers, pretrained=pretrained)
+        self.pretrained_ = self.feature_extractor.pretrained
 
     # --- hooks for subclasses --------------------------------------------------------------
     def _build(self, load_weights: bool) -> None:
@@ -243,45 +223,46 @@ class AnomalyModel(nn.Module):
 
     # --- persistence ---------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:
-        return {"fitted_": self.fitted_, **{a: getattr(self, a) for a in self._learned_attrs}}
+        fixed_size = {"image_size_": self.image_size_} if "image_size_" in self.__dict__ else {}
+        return {"fitted_": self.fitted_, **fixed_size, **{a: getattr(self, a) for a in self._learned_attrs}}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
 
     def save(self, path: str | Path) -> Path:
-        """Write hyper-parameters and every learned tensor to ``path`` (a ``torch.save`` file)."""
+        """Write hyper-parameters and every learned tensor to ``path`` (a ``torch.save`` file).
+
+        Written to a temporary file and renamed over ``path``: a failure midway (an error, a
+        full disk, Ctrl-C, a killed process) leaves any previous file at ``path`` intact.
+        """
         if not self.fitted_:
             raise AdlearnError(f"{type(self).__name__} is not fitted: there is nothing to save yet")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu() for k, v in self.state_dict().items() if isinstance(v, Tensor)}
-        state.update({k: v for k, v in self.state_dict().items() if not isinstance(v, Tensor)})
-        torch.save(
-            {"format": FORMAT, "adlearn_version": __version__, "model": type(self).__name__,
-             "params": self.get_params(), "state_dict": state},
-            path,
-        )
+        state = {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in self.state_dict().items()}
+        with atomic_write(path) as handle:
+            torch.save({"format": FORMAT, "adlearn_version": __version__, "model": type(self).__name__,
+                        "params": self.get_params(), "state_dict": state}, handle)
         return path
+
+    @classmethod
+    def _upgrade_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Hyper-parameters saved by an older adlearn, in today's names (override where they changed)."""
+        return params
 
     def _materialise_buffers(self, state_dict: dict[str, Any]) -> None:
         """Give buffers that are ``None`` until ``fit`` the shape stored in ``state_dict``."""
+        for key, module, buf_name in self._unset_buffers():
+            if key in state_dict:
+                module._buffers[buf_name] = torch.empty_like(state_dict[key])
+
+    def _unset_buffers(self) -> list[tuple[str, nn.Module, str]]:
+        """(state-dict key, module, name) of every buffer still ``None``."""
+        unset = []
         for module_name, module in self.named_modules():
             prefix = f"{module_name}." if module_name else ""
-            for buf_name, buf in list(module._buffers.items()):
-                key = prefix + buf_name
-                if buf is None and key in state_dict:
-                    module._buffers[buf_name] = torch.empty_like(state_dict[key])
-
-
-def _concat(parts: list[Prediction]) -> Prediction:
-    if len(parts) == 1:
-        return parts[0]
-    merged = {}
-    for f in fields(Prediction):
-        values = [getattr(p, f.name) for p in parts]
-        merged[f.name] = None if values[0] is None else torch.cat(values)
-    return Prediction(**merged)
+            unset += [(prefix + name, module, name) for name, buf in module._buffers.items() if buf is None]
+        return unset
 
 
 def load(path: str | Path, *, device: str | torch.device | None = None) -> AnomalyModel:
@@ -295,13 +276,31 @@ def load(path: str | Path, *, device: str | torch.device | None = None) -> Anoma
         raise AdlearnError(f"{path} is not a readable adlearn model file ({err}); re-save the model") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise AdlearnError(f"{path} is not an adlearn model file (expected format {FORMAT!r})")
+    missing = [key for key in ("model", "params", "state_dict") if key not in ckpt]
+    if missing:
+        raise AdlearnError(f"{path} is an incomplete adlearn model file (no {missing}); re-save the model")
     name = ckpt["model"]
     if name not in REGISTRY:
         raise AdlearnError(f"{path} holds a {name!r} model, unknown to this adlearn; known: {sorted(REGISTRY)}")
-    model = REGISTRY[name](**ckpt["params"], device=device)
+    written_by = f"written by adlearn {ckpt.get('adlearn_version', '?')}, this is {__version__}"
+    cls = REGISTRY[name]
+    try:
+        model = cls(**cls._upgrade_params(dict(ckpt["params"])), device=device)
+    except AdlearnError as err:
+        raise AdlearnError(f"{path} ({written_by}) has hyper-parameters this {name} does not take: {err}; "
+                           "refit and save the model with this version") from None
+    state = ckpt["state_dict"]
     model._ensure_built(load_weights=False)
-    model._materialise_buffers(ckpt["state_dict"])
-    model.load_state_dict(ckpt["state_dict"], strict=True)
+    model._materialise_buffers(state)
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise AdlearnError(f"{path} ({written_by}) does not hold what a {name} learns: {err}; "
+                           "refit and save the model again") from None
+    unset = [key for key, _, _ in model._unset_buffers()]
+    lost = [a for a in cls._learned_attrs if not hasattr(model, a)]
+    if model.fitted_ and (unset or lost):
+        raise AdlearnError(f"{path} ({written_by}) lacks learned state {unset + lost}; refit and save again")
     model.to(model.device)
     model.eval()
     return model

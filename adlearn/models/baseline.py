@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import AdlearnError
-from ..ops import gaussian_blur
-from .base import AnomalyModel, Prediction, iter_images
+from ..batches import iter_images
+from ..prediction import Prediction, anomaly_prediction
+from ..profiles import sigma_for
+from .base import AnomalyModel
 
 __all__ = ["MeanImage"]
 
@@ -25,27 +26,20 @@ class MeanImage(AnomalyModel):
     """Per-pixel |x − mean training image|, smoothed; a baseline every method must beat."""
 
     name = "MeanImage"
+    profiles = {"fast": {"sigma": sigma_for(128)}}
 
     def __init__(self, sigma: float = 4.0, batch_size: int = 32, *, device: str | torch.device | None = None) -> None:
         super().__init__(device=device)
-        self.sigma = sigma
-        self.batch_size = batch_size
         self.register_buffer("mean_image", None)
 
     def _fit(self, data: Dataset | DataLoader) -> None:
-        total, count = None, 0
+        total, count = 0, 0
         for images in iter_images(data, self.batch_size, self.device):
-            if total is not None and images.shape[1:] != total.shape:
-                raise AdlearnError(f"training images differ in size: {tuple(total.shape)} vs {tuple(images.shape[1:])}")
-            total = images.sum(0) if total is None else total + images.sum(0)
+            self._check_image_size(images, fitting=count == 0)
+            total = total + images.sum(0)
             count += len(images)
         self.mean_image = total / count
 
     def _predict(self, images: Tensor) -> Prediction:
-        if images.shape[1:] != self.mean_image.shape:
-            raise AdlearnError(
-                f"MeanImage was fitted on images of shape {tuple(self.mean_image.shape)}, "
-                f"got {tuple(images.shape[1:])}: resize the images to the training size"
-            )
-        anomaly_map = gaussian_blur((images - self.mean_image).abs().mean(1), self.sigma)
-        return Prediction(score=anomaly_map.amax(dim=(1, 2)), anomaly_map=anomaly_map)
+        self._check_image_size(images)
+        return anomaly_prediction((images - self.mean_image).abs().mean(1), images.shape[-2:], self.sigma)

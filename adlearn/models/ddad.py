@@ -21,7 +21,23 @@ w_DA = 3) and to y, while two λ-weighted terms keep it close to the frozen φ:
 
     L_DA = Σ_l (1 − cos(φ̂_l(x̂₀), φ̂_l(y))) + λ(1 − cos(φ̂_l(y), φ_l(y))) + λ(1 − cos(φ̂_l(x̂₀), φ_l(x̂₀)))
 
-(Equation numbers follow a secondary summary and the author's issue replies; methods.md §8.)
+Notation (paper symbol → code):
+
+    ====================  ==========================================================
+    ε_θ(x_t, t)           ``self.unet`` via :func:`adlearn.diffusion.unet_epsilon`
+    ᾱ_t                   ``self.alpha_bar[t]`` (DDPM's linear β, T = 1000)
+    T'                    ``test_steps`` (250); the DDIM stride is ``skip`` (25)
+    η                     ``eta``
+    y, x_t, y_t, x̂₀      the input, the sample at step t, the noised input, the reconstruction
+    w                     ``w`` (conditioning at test time); w_DA = ``w_da``
+    φ_l, φ̂_l             ``feature_extractor`` (frozen copy / adapted), layers ``layers`` / ``da_layers``
+    f_d, i_d              :meth:`DDAD.distance_maps` (feature and pixel distance)
+    v, s                  ``v`` and the learned buffer ``pixel_scale``
+    λ                     ``da_lambda``
+    ====================  ==========================================================
+
+(The equation labels in quotes follow a secondary summary of the paper and the author's issue
+replies on arimousa/DDAD; they could not be checked against the paper's own numbering here.)
 
 What adlearn does differently from the official code (reference/methods.md §4, §7.3), and why:
 
@@ -48,22 +64,24 @@ What adlearn does differently from the official code (reference/methods.md §4, 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..backbones import FeatureExtractor, Pretrained
+from ..backbones import Pretrained
+from ..batches import as_dataset, iter_images
 from ..diffusion import (
+    UNetConfig,
     alpha_bar_at,
     alpha_bar_table,
     ddim_sample,
     ddim_timesteps,
     epsilon_loss,
-    make_unet,
     q_sample,
-    resize,
     seeded_noise,
     to_signed,
     to_unit,
@@ -71,11 +89,16 @@ from ..diffusion import (
 )
 from ..env import progress_bar
 from ..errors import AdlearnError
-from ..ops import gaussian_blur, upsample
+from ..ops import resize, upsample
+from ..prediction import Prediction, anomaly_prediction
+from ..profiles import sigma_for
 from ..training import Precision, split_validation, train
-from .base import AnomalyModel, Prediction, as_dataset, iter_images
+from .base import AnomalyModel
 
-__all__ = ["DDAD"]
+__all__ = ["DDAD", "NUM_TRAIN_TIMESTEPS"]
+
+NUM_TRAIN_TIMESTEPS = 1000
+"""T, the length of the forward process (DDPM's)."""
 
 
 class DDAD(AnomalyModel):
@@ -83,8 +106,9 @@ class DDAD(AnomalyModel):
 
     Args:
         input_size: side of the square images the denoiser sees (paper: 256 = the image size).
-        base_channels, channel_mults, layers_per_block, attention_levels, heads, dropout: the UNet
-            (paper: 64, (1,1,2,2,4,4), 2, attention at levels 3–5 = 32², 16², 8², 4 heads, 0.0).
+        denoiser: the UNet's architecture, a :class:`~adlearn.diffusion.UNetConfig` or a dict of
+            its fields (paper: 64 channels × (1,1,2,2,4,4), 2 blocks per level, attention at
+            levels 3–5 = 32², 16², 8², 4 heads, no dropout: ``UNetConfig()``); stored as a dict.
         epochs, lr, weight_decay, batch_size: denoiser training (paper: checkpoint at 2000 epochs,
             Adam 3e-4 with L2 0.05, batch 32; the loss sums over pixels, as the official code).
         val_fraction: share of the training images held out to pick the best epoch and to fix
@@ -106,17 +130,25 @@ class DDAD(AnomalyModel):
     """
 
     name = "DDAD"
+    profiles = {
+        # a 0.3 M-parameter UNet denoising at 32 px, trained for seconds; no domain adaptation
+        "fast": {"input_size": 32, "epochs": 60, "lr": 2e-3, "batch_size": 8,
+                 "denoiser": {"base_channels": 16, "channel_mults": (1, 2, 2), "layers_per_block": 1,
+                              "attention_levels": ()},
+                 "backbone": "tf_efficientnet_lite0", "pretrained": "auto", "sigma": sigma_for(128), "da_epochs": 0},
+        # a 1.2 M-parameter UNet denoising at 64 px (maps come back at 256 px); ≈ 10 min per category
+        "book": {"input_size": 64, "epochs": 300, "lr": 1e-3, "batch_size": 16,
+                 "denoiser": {"base_channels": 16, "channel_mults": (1, 2, 4, 4), "layers_per_block": 1,
+                              "attention_levels": (3,)},
+                 "backbone": "tf_efficientnet_lite0", "pretrained": "auto", "da_epochs": 2},
+        # the paper profile is the constructor: 33 M UNet at 256 px, WRN101-2, w = 2, DA
+    }
     _learned_attrs = ("pretrained_", "train_loss_", "val_loss_", "da_loss_")
 
     def __init__(
         self,
         input_size: int = 256,
-        base_channels: int = 64,
-        channel_mults: tuple[int, ...] = (1, 1, 2, 2, 4, 4),
-        layers_per_block: int = 2,
-        attention_levels: tuple[int, ...] = (3, 4, 5),
-        heads: int = 4,
-        dropout: float = 0.0,
+        denoiser: UNetConfig | Mapping[str, Any] = UNetConfig(),
         epochs: int = 2000,
         lr: float = 3e-4,
         weight_decay: float = 0.05,
@@ -143,52 +175,31 @@ class DDAD(AnomalyModel):
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__(device=device)
-        self.input_size = input_size
-        self.base_channels = base_channels
-        self.channel_mults = tuple(channel_mults)
-        self.layers_per_block = layers_per_block
-        self.attention_levels = tuple(attention_levels)
-        self.heads = heads
-        self.dropout = dropout
-        self.epochs = epochs
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.val_fraction = val_fraction
-        self.mixed_precision = mixed_precision
-        self.test_steps = test_steps
-        self.skip = skip
-        self.eta = eta
-        self.w = w
-        self.v = v
-        self.backbone = backbone
-        self.layers = tuple(layers)
-        self.pretrained = pretrained
-        self.sigma = sigma
-        self.da_epochs = da_epochs
-        self.w_da = w_da
-        self.da_lambda = da_lambda
-        self.da_lr = da_lr
-        self.da_batch_size = da_batch_size
-        self.da_layers = tuple(da_layers)
-        self.seed = seed
+        self.denoiser = UNetConfig.from_params(denoiser).params()  # plain types: safe to save
         self.register_buffer("pixel_scale", None)
+
+    def _check_params(self) -> None:
+        UNetConfig(**self.denoiser).check_size(self.input_size)
+        if not 0 < self.test_steps < NUM_TRAIN_TIMESTEPS:
+            raise AdlearnError(f"test_steps={self.test_steps} must lie in 1..{NUM_TRAIN_TIMESTEPS - 1} (T = 1000)")
+
+    @classmethod
+    def _upgrade_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """adlearn 0.1 files stored the UNet's six fields as separate arguments."""
+        fields = ("base_channels", "channel_mults", "layers_per_block", "attention_levels", "heads", "dropout")
+        if "denoiser" not in params and any(f in params for f in fields):
+            params["denoiser"] = {f: params.pop(f) for f in fields if f in params}
+        return params
 
     # --- sub-modules ---------------------------------------------------------------------------
     def _extractor_layers(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.layers) | set(self.da_layers)))  # shallow layers cost nothing extra
 
     def _build(self, load_weights: bool) -> None:
-        self.unet = make_unet(self.input_size, self.base_channels, self.channel_mults, self.layers_per_block,
-                              self.attention_levels, self.heads, self.dropout, seed=self.seed)
-        self.feature_extractor = FeatureExtractor(
-            self.backbone, self._extractor_layers(), pretrained=self.pretrained if load_weights else False
-        )
-        self.pretrained_ = self.feature_extractor.pretrained
-        self.register_buffer("alpha_bar", alpha_bar_table(), persistent=False)  # T = 1000, β 1e-4 → 0.02
+        self.unet = UNetConfig(**self.denoiser).build(self.input_size, seed=self.seed)
+        self._build_feature_extractor(self._extractor_layers(), load_weights)
+        self.register_buffer("alpha_bar", alpha_bar_table(NUM_TRAIN_TIMESTEPS), persistent=False)  # β 1e-4 → 0.02
         self.trajectory = ddim_timesteps(self.test_steps, self.skip)
-        if not self.test_steps < len(self.alpha_bar):
-            raise AdlearnError(f"test_steps={self.test_steps} must be below T={len(self.alpha_bar)}")
 
     def features(self, images: Tensor, layers: tuple[int, ...] | None = None,
                  network: nn.Module | None = None) -> list[Tensor]:
@@ -200,15 +211,14 @@ class DDAD(AnomalyModel):
 
     # --- fit: the denoiser, then domain adaptation, then the pixel scale ------------------------
     def _fit(self, data: Dataset | DataLoader) -> None:
-        dataset = data.dataset if isinstance(data, DataLoader) else data  # train() makes its own loader
-        history = train(
-            self.unet, self.denoising_loss, dataset, epochs=self.epochs, lr=self.lr,
+        history = train(  # a DataLoader is used as given; a Dataset gets a validation split
+            self.unet, self.denoising_loss, data, epochs=self.epochs, lr=self.lr,
             batch_size=self.batch_size, optimizer="adam", weight_decay=self.weight_decay, grad_clip=None,
             mixed_precision=self.mixed_precision, val_fraction=self.val_fraction, seed=self.seed,
             device=self.device, desc="DDAD denoiser",
         )
         self.train_loss_, self.val_loss_, self.da_loss_ = history.train_loss, history.val_loss, []
-        self.adapt_features(dataset, self.da_epochs)
+        self.adapt_features(data, self.da_epochs)
 
     def adapt_features(self, data: Dataset | DataLoader | Tensor, epochs: int) -> DDAD:
         """Domain-adapt the feature extractor for ``epochs`` on nominal ``data``, then fix the pixel scale.
@@ -349,6 +359,5 @@ class DDAD(AnomalyModel):
 
     def _predict(self, images: Tensor) -> Prediction:
         feature, pixel, reconstruction = self.distance_maps(images)
-        anomaly_map = gaussian_blur(feature + self.v * self.pixel_scale * pixel, self.sigma)
-        score = anomaly_map.amax(dim=(1, 2))
-        return Prediction(score=score, anomaly_map=anomaly_map, reconstruction=reconstruction)
+        return anomaly_prediction(feature + self.v * self.pixel_scale * pixel, images.shape[-2:], self.sigma,
+                                  reconstruction=reconstruction)

@@ -39,24 +39,30 @@ gives every process the whole data set is an error. A ``DistributedSampler`` wit
 ``drop_last`` pads the shards by repeating up to W − 1 images, which a Dataset avoids.
 
 Backbones (``PAPER_D``): ResNet18 → Rd100 and WideResNet50-2 → Rd550 are the paper's main
-models (layer1–3, 448 and 1,792 channels). Its EfficientNet-B5 row (Table V) is not reproduced
-here (its layers and d are not in our notes); adlearn's offline default is
-``tf_efficientnet_lite0`` (layers 1–3, strides 4/8/16, 24 + 40 + 112 = 176 channels) with d = 100.
+models (layer1–3, 448 and 1,792 channels). Its EfficientNet-B5 row (Table V) takes the embedding
+from the outputs of blocks 7, 20 and 26 of B5's 39 MBConv blocks (levels 2, 4 and 5): the end of
+the stride-4 stage and the first and last block of the stride-16 stage, all channels (no random
+selection). adlearn does not offer that recipe: timm's feature pyramids return stage outputs only
+(``out_indices``), so block 20 would need a forward hook, and two thirds of that embedding would
+come from one resolution. adlearn's offline default is ``tf_efficientnet_lite0`` with layers 1–3,
+the same stage outputs as for ResNets (strides 4/8/16, 24 + 40 + 112 = 176 channels), with d = 100.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from ..backbones import FeatureExtractor, Pretrained
+from ..backbones import Pretrained
+from ..batches import iter_images
+from ..distributed import all_reduce_moments, check_sharded, shard, world_size
 from ..env import progress_bar
 from ..errors import AdlearnError
-from ..ops import gaussian_blur, upsample
-from .base import AnomalyModel, Prediction, iter_images
+from ..prediction import Prediction, anomaly_prediction
+from ..profiles import sigma_for
+from .base import AnomalyModel
 
 __all__ = ["PaDiM", "PatchGaussian"]
 
@@ -89,20 +95,8 @@ class PatchGaussian:
         self.n = total
 
     def all_reduce(self) -> None:
-        """Merge the statistics of every process into the whole data set's (Chan's update, summed):
-
-        n = Σ_r n_r,   μ = Σ_r n_r μ_r / n,   M2 = Σ_r [M2_r + n_r (μ_r − μ)(μ_r − μ)ᵀ].
-        """
-        n = torch.tensor([float(self.n)], dtype=torch.float64, device=self.mean.device)
-        dist.all_reduce(n)
-        total = int(n.item())
-        weighted_mean = self.mean * self.n
-        dist.all_reduce(weighted_mean)
-        mean = weighted_mean / total
-        delta = self.mean - mean
-        self.m2.baddbmm_(delta.unsqueeze(2), delta.unsqueeze(1), alpha=self.n)
-        dist.all_reduce(self.m2)
-        self.mean, self.n = mean, total
+        """Merge the statistics of every process into the whole data set's (exact, by Chan's update)."""
+        self.n, self.mean, self.m2 = all_reduce_moments(self.n, self.mean, self.m2)
 
     def covariance(self, epsilon: float) -> Tensor:
         """Σ_ij = M2 / (N − 1) + ε·I (Eq. 1), computed in place over the scatter buffer."""
@@ -111,36 +105,6 @@ class PatchGaussian:
         cov = self.m2.div_(self.n - 1)
         cov.diagonal(dim1=1, dim2=2).add_(epsilon)
         return cov
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def shard(data: Dataset | DataLoader) -> Dataset | DataLoader:
-    """This process's share of the training data: images r, r + W, … of a Dataset for process r
-    of W; a DataLoader (or iterable dataset) is returned as is — it is sharded by its sampler."""
-    world = _world_size()
-    if world == 1 or isinstance(data, (DataLoader, IterableDataset)):
-        return data
-    if len(data) < world:
-        raise AdlearnError(
-            f"{len(data)} training images cannot be shared among {world} processes; use fewer processes"
-        )
-    return Subset(data, range(dist.get_rank(), len(data), world))
-
-
-def _check_sharded(data: Dataset | DataLoader, n_local: int, device: torch.device) -> None:
-    """Refuse a DataLoader that gave every process the whole data set (each image counted W times)."""
-    loader = isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset)
-    size = len(data.dataset) if loader else None
-    whole = torch.tensor([int(size is not None and n_local == size)], device=device)
-    dist.all_reduce(whole, op=dist.ReduceOp.MIN)
-    if whole.item():
-        raise AdlearnError(
-            f"every process read all {size} training images: the DataLoader is not sharded. Pass the "
-            "Dataset itself (PaDiM shards it by rank) or a DataLoader with a DistributedSampler"
-        )
 
 
 def whitening_factor(cov: Tensor, chunk: int = 256) -> Tensor:
@@ -176,7 +140,12 @@ class PaDiM(AnomalyModel):
     """
 
     name = "PaDiM"
-    _learned_attrs = ("pretrained_", "image_size_", "n_train_")
+    profiles = {
+        "fast": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto", "sigma": sigma_for(128)},
+        "book": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto"},
+        "paper": {"backbone": "wide_resnet50_2"},
+    }
+    _learned_attrs = ("pretrained_", "n_train_")
 
     def __init__(
         self,
@@ -192,23 +161,12 @@ class PaDiM(AnomalyModel):
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__(device=device)
-        self.backbone = backbone
-        self.layers = tuple(layers)
-        self.d = d
-        self.epsilon = epsilon
-        self.sigma = sigma
-        self.pretrained = pretrained
-        self.seed = seed
-        self.batch_size = batch_size
         self.register_buffer("channel_idx", None)
         self.register_buffer("mean", None)
         self.register_buffer("whitening", None)
 
     def _build(self, load_weights: bool) -> None:
-        self.feature_extractor = FeatureExtractor(
-            self.backbone, self.layers, pretrained=self.pretrained if load_weights else False
-        )
-        self.pretrained_ = self.feature_extractor.pretrained
+        self._build_feature_extractor(self.layers, load_weights)
 
     # --- the embedding of Section 3.1 --------------------------------------------------------
     def _select_channels(self) -> Tensor:
@@ -248,28 +206,17 @@ class PaDiM(AnomalyModel):
         stats: PatchGaussian | None = None
         batches = iter_images(shard(data), self.batch_size, self.device)
         for images in progress_bar(batches, desc="PaDiM fit", unit="batch", leave=False):
-            self._check_size(images, fitting=stats is None)
+            self._check_image_size(images, fitting=stats is None)
             embedding = self.embed(images)
             b, d, h, w = embedding.shape
             stats = stats or PatchGaussian(h * w, d, self.device)
             stats.update(self._by_position(embedding))
-        if _world_size() > 1:
-            _check_sharded(data, stats.n, self.device)
+        if world_size() > 1:
+            check_sharded(data, stats.n, self.device)
             stats.all_reduce()
         self.n_train_ = stats.n
         self.mean = stats.mean
         self.whitening = whitening_factor(stats.covariance(self.epsilon))
-
-    def _check_size(self, images: Tensor, fitting: bool = False) -> None:
-        size = tuple(images.shape[-2:])
-        if fitting:
-            self.image_size_ = size
-        elif size != self.image_size_:
-            raise AdlearnError(
-                f"PaDiM keeps one Gaussian per patch position, so it scores images of the size it "
-                f"was fitted on ({self.image_size_[0]}×{self.image_size_[1]}); got {size[0]}×{size[1]}: "
-                "resize the images (e.g. MVTecAD(..., image_size=...)) or refit"
-            )
 
     # --- predict: the Mahalanobis distance of Eq. 2 -------------------------------------------
     def mahalanobis(self, embedding: Tensor) -> Tensor:
@@ -280,7 +227,6 @@ class PaDiM(AnomalyModel):
         return whitened.pow(2).sum(-1).sqrt().T.reshape(b, h, w)
 
     def _predict(self, images: Tensor) -> Prediction:
-        self._check_size(images)
-        distances = self.mahalanobis(self.embed(images))
-        anomaly_map = gaussian_blur(upsample(distances, images.shape[-2:]), self.sigma)
-        return Prediction(score=anomaly_map.amax(dim=(1, 2)), anomaly_map=anomaly_map)
+        self._check_image_size(images)
+        distances = self.mahalanobis(self.embed(images))  # Eq. 2 on layer 1's grid
+        return anomaly_prediction(distances, images.shape[-2:], self.sigma)

@@ -36,73 +36,25 @@ Distances are Euclidean (not squared), as in the implementation the authors poin
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..backbones import FeatureExtractor, Pretrained, stage_count
+from ..backbones import Pretrained, stage_count
 from ..env import progress_bar
 from ..errors import AdlearnError
-from ..ops import gaussian_blur, upsample
-from .base import AnomalyModel, Prediction, iter_images
+from ..knn import nearest_neighbours
+from ..batches import iter_images
+from ..ops import upsample
+from ..prediction import Prediction, anomaly_prediction
+from ..profiles import sigma_for
+from .base import AnomalyModel
 
-__all__ = ["SPADE", "nearest_neighbours"]
+__all__ = ["SPADE"]
 
 GALLERY_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-BLOCK_ENTRIES = 2**20
-"""Distances per block (4 MiB in float32): small enough to stay in the CPU cache, which makes the
-search ≈ 3× faster than one block per gathered chunk."""
-
-
-def nearest_neighbours(query: Tensor, gallery: Tensor, k: int, *, rows: Tensor | None = None,
-                       chunk_size: int = 4096, return_index: bool = True) -> tuple[Tensor, Tensor | None]:
-    """The ``k`` nearest gallery vectors of every query vector, by exact Euclidean distance.
-
-    Args:
-        query: ``float[Q, C]``; its dtype is the precision of the computation.
-        gallery: ``[N, P, C]``: N items (images) of P vectors each, any float dtype and device.
-        k: neighbours per query.
-        rows: which of the N items to search (default: all), e.g. the K retrieved images.
-        chunk_size: gallery vectors gathered (and cast to the query's dtype) at a time, rounded
-            to whole items (at least one).
-        return_index: also return where the neighbours are (skipping it is faster for k = 1).
-
-    Returns ``(distance, index)``, both ``[Q, k]`` sorted by increasing distance; ``index`` counts
-    vectors in the order searched (item ``rows[i]`` holds indices ``i·P … i·P + P − 1``), or is
-    ``None``. Memory: one gathered chunk plus one block of ``BLOCK_ENTRIES`` distances, whatever
-    N and Q are.
-    """
-    n_items, per_item, channels = gallery.shape
-    searched = n_items if rows is None else len(rows)
-    if not 1 <= k <= searched * per_item:
-        raise AdlearnError(f"k={k} neighbours requested from a gallery of {searched * per_item} vectors")
-    step = max(1, chunk_size // per_item)
-    best_d2 = query.new_full((len(query), k), float("inf"))
-    best_i = torch.zeros(len(query), k, dtype=torch.long, device=query.device) if return_index else None
-    for start in range(0, searched, step):
-        items = slice(start, start + step) if rows is None else rows[start : start + step]
-        block = gallery[items].reshape(-1, channels).to(query)
-        block_norm = block.pow(2).sum(1)
-        q_step = max(1, BLOCK_ENTRIES // len(block))
-        for q0 in range(0, len(query), q_step):
-            part = slice(q0, q0 + q_step)
-            # ‖g‖² − 2 q·g for every pair in one matrix product; ‖q‖² (constant per row) comes last
-            partial = torch.addmm(block_norm, query[part], block.T, alpha=-2)
-            kk = min(k, partial.shape[1])
-            if return_index:
-                d2, i = partial.topk(kk, dim=1, largest=False) if kk > 1 else partial.min(dim=1, keepdim=True)
-                merged, pos = torch.cat([best_d2[part], d2], 1).topk(k, dim=1, largest=False)
-                best_i[part] = torch.cat([best_i[part], i + start * per_item], 1).gather(1, pos)
-            else:
-                d2 = (partial.topk(kk, dim=1, largest=False).values if kk > 1
-                      else partial.amin(dim=1, keepdim=True))
-                merged = torch.cat([best_d2[part], d2], 1).topk(k, dim=1, largest=False).values
-            best_d2[part] = merged
-    distance = (best_d2 + query.pow(2).sum(1, keepdim=True)).clamp_min_(0).sqrt_()
-    return distance, best_i
-
-
 class SPADE(AnomalyModel):
     """SPADE anomaly detection; constructor defaults are the paper's (WRN50-2, K=50, κ=1, σ=4).
 
@@ -116,6 +68,9 @@ class SPADE(AnomalyModel):
         sigma: std (pixels) of the Gaussian smoothing of the anomaly map.
         pretrained: ImageNet weights: ``True`` (error if unavailable), ``"auto"`` (loud fallback to
             random weights), ``False``.
+        image_score: ``"knn"``, the paper's mean distance to the K nearest training images' global
+            features (Eq. 1), or ``"max"``, the maximum of the anomaly map (what most
+            re-implementations report; global features can miss small defects).
         gallery_dtype: storage of the training feature maps: ``"float16"`` (default, half the
             memory), ``"bfloat16"`` or ``"float32"``; distances are computed in float32 either way.
         chunk_size: gallery vectors per distance block; bounds predict memory.
@@ -124,6 +79,11 @@ class SPADE(AnomalyModel):
     """
 
     name = "SPADE"
+    profiles = {
+        # K=10 of the fast profile's 24 training images (the paper's K=50 needs ≥ 50 images)
+        "fast": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto", "sigma": sigma_for(128), "k": 10},
+        "book": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto"},  # the paper's K=50 of 80 images
+    }
     _learned_attrs = ("pretrained_", "k_", "feature_shapes_")
 
     def __init__(
@@ -134,6 +94,7 @@ class SPADE(AnomalyModel):
         kappa: int = 1,
         sigma: float = 4.0,
         pretrained: Pretrained = True,
+        image_score: Literal["knn", "max"] = "knn",
         gallery_dtype: str = "float16",
         chunk_size: int = 4096,
         batch_size: int = 32,
@@ -141,29 +102,25 @@ class SPADE(AnomalyModel):
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__(device=device)
-        self.backbone = backbone
-        self.layers = tuple(layers)
-        self.k = k
-        self.kappa = kappa
-        self.sigma = sigma
-        self.pretrained = pretrained
-        self.gallery_dtype = gallery_dtype
-        self.chunk_size = chunk_size
-        self.batch_size = batch_size
         self.register_buffer("global_features", None)
         self.register_buffer("gallery", None)
 
-    def _build(self, load_weights: bool) -> None:
+    def _check_params(self) -> None:
         if len(set(self.layers)) != len(self.layers) or min(self.layers, default=-1) < 0:
             raise AdlearnError(
                 f"layers={self.layers} must be distinct, non-negative timm out_indices, e.g. (1, 2, 3)"
             )
+        if self.gallery_dtype not in GALLERY_DTYPES:
+            raise AdlearnError(f"gallery_dtype={self.gallery_dtype!r}; choose one of {sorted(GALLERY_DTYPES)}")
+        if self.image_score not in ("knn", "max"):
+            raise AdlearnError(f"image_score={self.image_score!r}; choose 'knn' (the paper's Eq. 1) or 'max'")
+        if self.k < 1 or self.kappa < 1 or self.chunk_size < 1:
+            raise AdlearnError(f"k={self.k}, kappa={self.kappa} and chunk_size={self.chunk_size} must be ≥ 1")
+
+    def _build(self, load_weights: bool) -> None:
         last = stage_count(self.backbone) - 1
         self._stages = tuple(sorted({*self.layers, last}))  # timm returns stages in this order
-        self.feature_extractor = FeatureExtractor(
-            self.backbone, self._stages, pretrained=self.pretrained if load_weights else False
-        )
-        self.pretrained_ = self.feature_extractor.pretrained
+        self._build_feature_extractor(self._stages, load_weights)
 
     # --- features: the global vector f_y and the pyramid F(y, p) -----------------------------
     def extract(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -183,23 +140,12 @@ class SPADE(AnomalyModel):
     # --- fit: store the training features -------------------------------------------------------
     @torch.no_grad()
     def _fit(self, data: Dataset | DataLoader) -> None:
-        dtype = GALLERY_DTYPES.get(self.gallery_dtype)
-        if dtype is None:
-            raise AdlearnError(
-                f"gallery_dtype={self.gallery_dtype!r}; choose one of {sorted(GALLERY_DTYPES)}"
-            )
-        if self.k < 1 or self.kappa < 1 or self.chunk_size < 1:
-            raise AdlearnError(f"k={self.k}, kappa={self.kappa} and chunk_size={self.chunk_size} must be ≥ 1")
-        global_features, galleries, shapes = [], [], None
-        batches = iter_images(data, self.batch_size, self.device)
+        dtype = GALLERY_DTYPES[self.gallery_dtype]
+        global_features, galleries = [], []
+        batches = iter_images(data, self.batch_size, self.device)  # one image size, so one gallery shape
         for images in progress_bar(batches, desc="SPADE fit", unit="batch", leave=False):
             global_feature, pyramid = self.extract(images)
-            batch_shapes = [tuple(f.shape[1:]) for f in pyramid]
-            if shapes is not None and batch_shapes != shapes:
-                raise AdlearnError(
-                    f"training images differ in size ({tuple(images.shape[-2:])}); resize them to one size"
-                )
-            shapes = batch_shapes
+            shapes = [tuple(f.shape[1:]) for f in pyramid]
             global_features.append(global_feature)
             # channels-last rows: image k's positions p are the gallery vectors F(x_k, p)
             rows = [f.flatten(2).transpose(1, 2).flatten(1) for f in pyramid]
@@ -246,5 +192,7 @@ class SPADE(AnomalyModel):
         distances, neighbours = self.retrieve(global_feature)
         size = images.shape[-2:]
         layer_maps = [upsample(m, size) for m in self.layer_maps(pyramid, neighbours)]
-        anomaly_map = gaussian_blur(torch.stack(layer_maps).mean(0), self.sigma)
-        return Prediction(score=distances.mean(1), anomaly_map=anomaly_map)  # score: Eq. 1
+        prediction = anomaly_prediction(torch.stack(layer_maps).mean(0), size, self.sigma)
+        if self.image_score == "knn":
+            prediction.score = distances.mean(1)  # Eq. 1
+        return prediction

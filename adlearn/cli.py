@@ -1,23 +1,49 @@
-"""Command line: ``adlearn demo | fit | evaluate``.
+"""Command line: ``adlearn demo | fit | evaluate | models``.
 
 ``adlearn demo`` is the package's main job: generate the embedded synthetic data set, fit the
 models, print a metrics table and write a figure of anomaly maps — in minutes on a laptop CPU.
+
+Exit codes (also printed by ``adlearn --help``):
+
+* 0 — success;
+* 1 — an :class:`~adlearn.errors.AdlearnError`: a problem with the input or set-up that the
+  user can fix (a missing folder, an unwritable output path, an unknown model name). One line
+  ``adlearn: error: <what is wrong and how to fix it>`` goes to stderr, without a traceback;
+* 2 — bad command-line arguments (argparse's usage error);
+* 130 — interrupted with Ctrl-C (128 + SIGINT, the shell convention). Files being written are
+  left as they were: every file goes through :func:`adlearn.files.atomic_write`.
+
+Any other exception is a bug in adlearn and keeps its traceback.
+
+The parser imports neither torch nor the models, so ``adlearn --help`` answers at once; each
+command imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-import torch
+from .errors import AdlearnError
+from .files import atomic_write, check_writable_dir, check_writable_file
+from .profiles import PROFILES
 
-from . import setup
-from .datasets import MVTecAD, make_synthetic
-from .metrics import evaluate
-from .models import REGISTRY, build, load
+EXIT_ERROR = 1
+"""Exit code of an :class:`AdlearnError` (a user-fixable problem)."""
+EXIT_USAGE = 2
+"""Exit code of a command-line usage error (argparse's)."""
+EXIT_INTERRUPTED = 130
+"""Exit code after Ctrl-C: 128 + SIGINT."""
+
+EPILOG = f"""\
+exit codes: 0 success; {EXIT_ERROR} an adlearn error (one line on stderr says what and how to fix it);
+{EXIT_USAGE} bad arguments; {EXIT_INTERRUPTED} interrupted (Ctrl-C). `adlearn models` lists the model names."""
+
+MODEL_HELP = "a model name, e.g. PaDiM (`adlearn models` lists them)"
 
 COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "fit_s", "predict_ms_per_image")
 
@@ -46,9 +72,13 @@ def mean_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) 
 def fit_and_evaluate(model_name: str, root: Path, category: str, image_size: int, profile: str,
                      **overrides: Any) -> tuple[Any, dict[str, Any]]:
     """Fit ``model_name`` on a category's train split, evaluate on its test split."""
+    from .datasets import MVTecAD
+    from .metrics import evaluate
+    from .models import build
+
+    model = build(model_name, profile, **overrides)
     train = MVTecAD(root, category, "train", image_size=image_size)
     test = MVTecAD(root, category, "test", image_size=image_size)
-    model = build(model_name, profile, **overrides)
     start = time.perf_counter()
     model.fit(train)
     fit_s = time.perf_counter() - start
@@ -57,6 +87,9 @@ def fit_and_evaluate(model_name: str, root: Path, category: str, image_size: int
 
 
 def _demo_figure(model: Any, root: Path, category: str, image_size: int, path: Path) -> None:
+    import torch
+
+    from .datasets import MVTecAD
     from .viz import show_predictions
 
     test = MVTecAD(root, category, "test", image_size=image_size)
@@ -68,17 +101,30 @@ def _demo_figure(model: Any, root: Path, category: str, image_size: int, path: P
     pred = model.predict(images).cpu()
     fig = show_predictions(images, pred.anomaly_map, torch.stack([s["mask"] for s in samples]), pred.score,
                            [f"{category}/{s['defect']}" for s in samples])
-    fig.savefig(path, dpi=110)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+
+
+def _check_model_names(names: Sequence[str]) -> None:
+    """Refuse unknown model names before any work starts (``build`` would, but only when reached)."""
+    from .models import REGISTRY
+
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise AdlearnError(f"unknown model {', '.join(map(repr, unknown))}; available: {sorted(REGISTRY)}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    out = check_writable_dir(args.out, "demo output folder (--out)")  # in a blink, before torch loads
+    _check_model_names(args.models)
+    from . import setup
+    from .datasets import make_synthetic
+
     cfg = setup(args.profile, seed=args.seed)
     p = cfg.profile
     categories = args.categories or list(p.categories)
     root = make_synthetic(categories=categories, image_size=p.image_size, seed=args.seed,
                           n_train=p.n_train, n_test_good=p.n_test_good, n_test_defect=p.n_test_defect)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     rows, figures = [], []
     for model_name in args.models:
         for category in categories:
@@ -92,54 +138,116 @@ def cmd_demo(args: argparse.Namespace) -> None:
                 figures.append(figure)
     table = format_table(rows + mean_rows(rows))
     print(f"\nSynthetic data set: {root}  ({p.image_size}px, metrics at {p.image_size}px)\n\n{table}\n")
-    (out / "demo_results.json").write_text(json.dumps({"profile": p.name, "rows": rows}, indent=2))
-    print(f"Wrote {out / 'demo_results.json'} and heat maps: {', '.join(str(f) for f in figures)}")
+    results = out / "demo_results.json"
+    with atomic_write(results, "w") as f:
+        json.dump({"profile": p.name, "rows": rows}, f, indent=2)
+    print(f"Wrote {results} and heat maps: {', '.join(str(f) for f in figures)}")
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
+    output = check_writable_file(args.output, "model file (-o)")  # in a blink, before torch loads
+    from . import setup
+    from .datasets import MVTecAD
+    from .models import build
+
     cfg = setup(args.profile, seed=args.seed)
+    model = build(args.model, cfg.profile)
     train = MVTecAD(args.root, args.category, "train", image_size=args.image_size or cfg.profile.image_size)
-    model = build(args.model, cfg.profile).fit(train)
-    print(f"saved {model.save(args.output)}")
+    model.fit(train)
+    print(f"saved {model.save(output)}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from . import load, setup
+    from .datasets import MVTecAD
+    from .metrics import evaluate
+
     cfg = setup(args.profile, seed=args.seed)
     model = load(args.model_file)
-    test = MVTecAD(args.root, args.category, "test", image_size=args.image_size or cfg.profile.image_size)
+    fitted = getattr(model, "image_size_", None)  # models with per-pixel state score only that size
+    size = args.image_size or (fitted[0] if fitted else cfg.profile.image_size)
+    test = MVTecAD(args.root, args.category, "test", image_size=size)
     print(json.dumps(evaluate(model, test), indent=2))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="adlearn", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=["fast", "book", "paper"], default=None,
+def cmd_models(args: argparse.Namespace) -> None:
+    from .models import REGISTRY
+
+    for name, cls in sorted(REGISTRY.items()):
+        summary = (cls.__doc__ or "").strip().splitlines()
+        print(f"{name:<12} {summary[0] if summary else ''}")
+
+
+def _whole_number(minimum: int, unit: str) -> Callable[[str], int]:
+    """An argparse type: an integer ≥ ``minimum`` (anything else is a usage error, exit code 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number{unit}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number{unit} ≥ {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+pixels = _whole_number(1, " of pixels")
+"""argparse type of ``--image-size``: a positive number of pixels."""
+non_negative = _whole_number(0, "")
+"""argparse type of ``--seed``: a non-negative integer (what numpy's generators accept)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``adlearn`` argument parser (built without importing torch or the models)."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="adlearn", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                     formatter_class=formatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=None,
                         help="default: $ADLEARN_PROFILE, else paper on a GPU and book otherwise")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative, default=0)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="synthetic data → fit → metrics table + heat-map PNGs")
-    demo.add_argument("--models", nargs="+", default=["MeanImage", "PaDiM"], choices=sorted(REGISTRY))
-    demo.add_argument("--categories", nargs="+", default=None)
-    demo.add_argument("--out", default="outputs/demo")
-    demo.set_defaults(func=cmd_demo)
+    def command(name: str, func: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help, description=help, epilog=EPILOG, formatter_class=formatter)
+        cmd.set_defaults(func=func)
+        return cmd
 
-    fit = sub.add_parser("fit", help="fit a model on ROOT/CATEGORY/train (MVTec AD layout) and save it")
-    fit.add_argument("model", choices=sorted(REGISTRY))
+    demo = command("demo", cmd_demo, "synthetic data → fit → metrics table + heat-map PNGs")
+    demo.add_argument("--models", nargs="+", default=["MeanImage", "PaDiM"], metavar="MODEL", help=MODEL_HELP)
+    demo.add_argument("--categories", nargs="+", default=None)
+    demo.add_argument("--out", default="outputs/demo", help="folder for the PNGs and demo_results.json")
+
+    fit = command("fit", cmd_fit, "fit a model on ROOT/CATEGORY/train (MVTec AD layout) and save it")
+    fit.add_argument("model", help=MODEL_HELP)
     fit.add_argument("root")
     fit.add_argument("category")
-    fit.add_argument("-o", "--output", default="model.pt")
-    fit.add_argument("--image-size", type=int, default=None)
-    fit.set_defaults(func=cmd_fit)
+    fit.add_argument("-o", "--output", default="model.pt", help="model file to write (default: model.pt)")
+    fit.add_argument("--image-size", type=pixels, default=None, help="default: the profile's")
 
-    ev = sub.add_parser("evaluate", help="evaluate a saved model on ROOT/CATEGORY/test")
+    ev = command("evaluate", cmd_evaluate, "evaluate a saved model on ROOT/CATEGORY/test")
     ev.add_argument("model_file")
     ev.add_argument("root")
     ev.add_argument("category")
-    ev.add_argument("--image-size", type=int, default=None)
-    ev.set_defaults(func=cmd_evaluate)
+    ev.add_argument("--image-size", type=pixels, default=None,
+                    help="default: the size the model was fitted at if it needs one, else the profile's")
 
-    args = parser.parse_args(argv)
-    args.func(args)
+    command("models", cmd_models, "list the model names")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line; exits with the codes listed in the module docstring."""
+    args = build_parser().parse_args(argv)  # exits 2 on bad arguments
+    try:
+        args.func(args)
+    except AdlearnError as err:
+        print(f"adlearn: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        print("adlearn: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

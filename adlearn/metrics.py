@@ -563,15 +563,26 @@ class _Collected:
     resolution: int
 
 
+SAMPLE_FORMATS = (
+    "a dict with 'image' (float[3,H,W] in [0,1]) and 'label' (0 or 1), plus 'mask' (float[1,H,W] in "
+    "{0,1}) for pixel metrics, as MVTecAD returns; or a tuple (image, label) or (image, mask, label), "
+    "as TensorDataset(images, labels) or TensorDataset(images, masks, labels) returns"
+)
+"""The samples :func:`evaluate` accepts (the wording of its error message)."""
+
+
 def evaluate(
-    model: Any, dataset: Dataset, *, batch_size: int | None = None, pixel_metrics: bool | None = None,
+    model: Any, dataset: Dataset | DataLoader, *, batch_size: int | None = None, pixel_metrics: bool | None = None,
     progress: bool = True,
 ) -> dict[str, float | int]:
-    """Score every image of ``dataset`` with ``model.predict`` and compute the metrics (DESIGN §5).
+    """Score every image of ``dataset`` with ``model.predict`` and compute the metrics.
 
     Returns ``image_auroc``, ``image_f1_max``, ``pixel_auroc``, ``aupro``, ``pixel_f1_max``,
     ``predict_ms_per_image``, ``n_images``, ``n_anomalous`` and ``resolution``.
 
+    * ``dataset`` yields the samples of :data:`SAMPLE_FORMATS`: :class:`~adlearn.datasets.MVTecAD`'s
+      dicts, or tuples ``(image, label)`` / ``(image, mask, label)`` such as a
+      :class:`~torch.utils.data.TensorDataset` gives. A ``DataLoader`` is used as it is.
     * The image score is the model's ``score``. Nothing is normalised with test-set statistics,
       and no AUROC is flipped.
     * Pixel metrics are computed at the dataset's image resolution, ``resolution`` (the height
@@ -579,7 +590,8 @@ def evaluate(
       resized. AU-PRO follows the official MVTec AD protocol with FPR limit 0.3 (see
       :func:`aupro`).
     * The pixel keys are left out, not set to NaN, when ``dataset.has_masks`` is False (image
-      labels only, e.g. ELPV) or ``pixel_metrics=False``.
+      labels only, e.g. ELPV), when the samples carry no mask (a dataset without ``has_masks``
+      is asked for its first sample), or with ``pixel_metrics=False``.
     * ``predict_ms_per_image`` times only the ``predict`` calls (with a CUDA synchronise), not
       the data loading.
 
@@ -587,11 +599,19 @@ def evaluate(
     masks as bool (5 bytes per pixel). The metrics then need about 10 bytes per pixel more, e.g.
     1 GB in all for 1,000 test images of 256².
     """
-    with_maps = _wants_pixel_metrics(dataset, pixel_metrics)
+    if not callable(getattr(model, "predict", None)):
+        raise AdlearnError(
+            f"evaluate needs a fitted model with a predict(images) method (e.g. adlearn.models.build(...).fit(train)), "
+            f"got {type(model).__name__}"
+        )
+    if isinstance(dataset, DataLoader):
+        loader, dataset = dataset, dataset.dataset
+    else:
+        size = batch_size or getattr(model, "batch_size", None) or 16
+        loader = DataLoader(dataset, batch_size=size, shuffle=False)
     if len(dataset) == 0:
         raise AdlearnError("the test set is empty; check the dataset's folder and split (split='test')")
-    size = batch_size or getattr(model, "batch_size", None) or 16
-    loader = DataLoader(dataset, batch_size=size, shuffle=False)
+    with_maps = _wants_pixel_metrics(dataset, pixel_metrics)
     got = _predict_all(model, loader, len(dataset), with_maps, progress)
     result = evaluate_maps(got.scores, got.labels, got.maps, got.masks)
     result.update(predict_ms_per_image=1000 * got.seconds / len(got.scores), resolution=got.resolution)
@@ -599,13 +619,31 @@ def evaluate(
 
 
 def _wants_pixel_metrics(dataset: Dataset, pixel_metrics: bool | None) -> bool:
-    has_masks = bool(getattr(dataset, "has_masks", True))
+    has_masks = getattr(dataset, "has_masks", None)
+    if has_masks is None:  # not declared: look at the first sample
+        has_masks = "mask" in _fields(dataset[0])
     if pixel_metrics and not has_masks:
         raise AdlearnError(
             f"pixel_metrics=True, but {type(dataset).__name__} has no ground-truth masks (has_masks is "
-            "False); only image metrics can be computed: leave pixel_metrics unset"
+            "False, or its samples carry none); only image metrics can be computed: leave pixel_metrics unset"
         )
-    return has_masks if pixel_metrics is None else bool(pixel_metrics)
+    return bool(has_masks) if pixel_metrics is None else bool(pixel_metrics)
+
+
+def _fields(sample: Any) -> dict[str, Any]:
+    """A sample or a collated batch as a dict with ``image``, ``label`` and, if it has one, ``mask``."""
+    if isinstance(sample, dict) and {"image", "label"} <= set(sample):
+        return sample
+    if isinstance(sample, (tuple, list)) and len(sample) in (2, 3):
+        names = ("image", "label") if len(sample) == 2 else ("image", "mask", "label")
+        return dict(zip(names, sample))
+    if isinstance(sample, dict):
+        got = f"a dict with keys {sorted(sample)}"
+    elif isinstance(sample, (tuple, list)):
+        got = f"a {type(sample).__name__} of length {len(sample)}"
+    else:
+        got = f"a {type(sample).__name__}"
+    raise AdlearnError(f"evaluate needs samples that are {SAMPLE_FORMATS}; the dataset gives {got}")
 
 
 def _predict_all(model: Any, loader: DataLoader, n: int, with_maps: bool, progress: bool) -> _Collected:
@@ -614,6 +652,7 @@ def _predict_all(model: Any, loader: DataLoader, n: int, with_maps: bool, progre
     maps = masks = None
     seconds, start = 0.0, 0
     for batch in progress_bar(loader, desc="evaluate", unit="batch", enabled=progress):
+        batch = _fields(batch)
         images = batch["image"]
         b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
         prediction, elapsed = _timed_predict(model, images)

@@ -9,7 +9,11 @@ import hashlib
 import importlib.util
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +31,9 @@ from adlearn.datasets import (
     mvtec,
     synthetic,
 )
+from adlearn.datasets import _io
 from adlearn.errors import AdlearnError
+from adlearn.files import temp_prefix
 
 SIZE = 64
 COUNTS = {"n_train": 4, "n_test_good": 2, "n_test_defect": 2}
@@ -219,6 +225,57 @@ def test_interrupted_generation_leaves_nothing_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+KILLED_GENERATOR = """
+import sys
+from adlearn.datasets import make_synthetic
+make_synthetic(sys.argv[1], categories=["fabric"], image_size=64, n_train=10_000, progress=False)
+"""
+
+
+def test_a_killed_generation_is_cleaned_up_by_the_next_run(tmp_path):
+    root = tmp_path / "d"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_GENERATOR, str(root)])
+    try:
+        deadline = time.monotonic() + 120
+        while not any(tmp_path.glob(".d.tmp-*/fabric/train/good/*.png")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        child.kill()  # SIGKILL: no clean-up code runs
+        child.wait()
+    left = list(tmp_path.glob(".d.tmp-*"))
+    assert len(left) == 1 and not root.exists(), "the child did not get to write images"
+    make_synthetic(root, categories=["fabric"], image_size=SIZE, n_train=1, n_test_good=1, n_test_defect=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["d"], "the killed run's temporary folder is still there"
+    left[0].mkdir()  # killed again; the data set is already there: the next call still cleans up
+    make_synthetic(root, categories=["fabric"], image_size=SIZE, n_train=1, n_test_good=1, n_test_defect=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
+    assert len(MVTecAD(root, "fabric", "test", image_size=SIZE)) == 1 + len(DEFECT_KINDS)
+
+
+def _as_pid(prefix: str, pid: int) -> str:
+    """A temporary-name prefix of this process, as another process ``pid`` would have made it."""
+    return prefix.replace(f"-{os.getpid()}@", f"-{pid}@")
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_live_generation_is_not_disturbed(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        busy = tmp_path / _as_pid(temp_prefix("d"), sleeper.pid)
+        busy.mkdir()
+        make_synthetic(tmp_path / "d", categories=["fabric"], image_size=SIZE, n_train=1, n_test_good=1,
+                       n_test_defect=1)
+        assert busy.is_dir(), "another process's folder was deleted while it was still running"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
@@ -373,6 +430,91 @@ def test_masks_of_any_mode_become_binary(layout, mode):
     assert torch.equal(loaded, torch.from_numpy(binary).float())
 
 
+@pytest.fixture
+def warnings_reset(monkeypatch):
+    """Forget which once-per-process warnings were given, so each test sees its own."""
+    monkeypatch.setattr(_io, "_WARNED", set())
+
+
+def _defect_mask(layout: Path, mask: Image.Image, name: str = "000_mask.png") -> torch.Tensor:
+    gt = layout / "widget" / "ground_truth" / "dent"
+    for p in gt.iterdir():
+        p.unlink()
+    _save(gt / name, mask)
+    test = MVTecAD(layout, "widget", "test", image_size=mask.size[0])
+    return test[test.labels.index(1)]["mask"][0]
+
+
+def test_jpeg_masks_are_thresholded_at_half_white_with_a_warning(layout, warnings_reset):
+    _save(layout / "widget" / "test" / "dent" / "000.png", _rgb(64))
+    square = np.zeros((64, 64), np.uint8)
+    square[21:31, 17:27] = 255  # a 100-pixel defect
+    path = layout / "widget" / "ground_truth" / "dent" / "000_mask.jpg"
+    with pytest.warns(UserWarning, match="save masks as PNG") as caught:
+        mask = _defect_mask(layout, Image.fromarray(square), path.name)
+    assert str(path) in str(caught[0].message)
+    assert (np.asarray(Image.open(path)) > 0).sum() > 150, "PIL's JPEG no longer rings: the test proves nothing"
+    assert mask.sum() == 100 and torch.equal(mask, torch.from_numpy(square > 0).float())
+
+
+def test_a_zero_one_mask_saved_as_jpeg_is_refused(layout, warnings_reset):
+    binary = np.zeros((32, 32), np.uint8)
+    binary[3:9, 20:23] = 1
+    message = _raises_naming(layout, _defect_mask, layout, Image.fromarray(binary), "000_mask.jpg")
+    assert "save the mask losslessly as PNG" in message
+
+
+def test_float_tiffs_in_eight_bit_range_are_scaled_with_a_warning(layout, warnings_reset):
+    values = np.random.default_rng(0).uniform(0, 255, (32, 32)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"read as 0\.\.255") as caught:
+        image = _only_train_image(layout, Image.fromarray(values), "000.tif")
+    assert "000.tif" in str(caught[0].message)
+    torch.testing.assert_close(image[0], torch.from_numpy(values / 255))
+    assert 0.3 < image.mean() < 0.7, "read as mostly white"
+
+
+def test_float_tiffs_in_unit_range_are_read_as_they_are(layout, warnings_reset, recwarn):
+    values = np.random.default_rng(0).uniform(0, 1, (32, 32)).astype(np.float32)
+    image = _only_train_image(layout, Image.fromarray(values), "000.tif")
+    torch.testing.assert_close(image[1], torch.from_numpy(values))
+    assert not recwarn.list
+
+
+def test_eight_bit_data_in_a_sixteen_bit_file_warns(layout, warnings_reset):
+    with pytest.warns(UserWarning, match="save it as an 8-bit image"):
+        image = _only_train_image(layout, Image.fromarray(np.full((32, 32), 200, np.uint16)), "000.tif")
+    assert image.max() < 0.01  # the documented reading: 16-bit data, so almost black
+
+
+@pytest.mark.parametrize("values, mode", [
+    (np.full((32, 32), -3.0, np.float32), "F"),
+    (np.full((32, 32), np.nan, np.float32), "F"),
+    (np.full((32, 32), 1e6, np.float32), "F"),
+    (np.full((32, 32), 70_000, np.int32), "I"),
+])
+def test_out_of_range_high_bit_depth_images_are_refused(layout, values, mode):
+    assert Image.fromarray(values).mode == mode
+    message = _raises_naming(layout, _only_train_image, layout, Image.fromarray(values), "000.tif")
+    assert "re-export" in message
+
+
+@pytest.mark.parametrize("size", [(1, 1), (8, 8), (40, 12)])
+def test_tiny_images_are_refused(layout, size):
+    good = layout / "widget" / "train" / "good"
+    _save(good / "000.png", Image.new("RGB", size))
+    train = MVTecAD(layout, "widget", "train", image_size=32)
+    assert f"{size[0]}×{size[1]}" in _raises_naming(good / "000.png", train.__getitem__, 0)
+
+
+def test_elongated_images_warn_that_they_are_stretched(layout, warnings_reset):
+    good = layout / "widget" / "train" / "good"
+    _save(good / "000.png", Image.new("RGB", (1000, 16)))
+    train = MVTecAD(layout, "widget", "train", image_size=32)
+    with pytest.warns(UserWarning, match="1000×16 pixels: it is stretched") as caught:
+        assert train[0]["image"].shape == (3, 32, 32)
+    assert str(good / "000.png") in str(caught[0].message)
+
+
 def test_visa_style_mask_names_are_accepted(layout):
     gt = layout / "widget" / "ground_truth" / "dent"
     (gt / "000_mask.png").rename(gt / "000.png")
@@ -398,6 +540,29 @@ def test_masks_downscale_with_nearest(layout):
 
 def test_missing_root(tmp_path):
     _raises_naming(tmp_path / "nowhere", MVTecAD, tmp_path / "nowhere", "widget")
+
+
+def test_root_and_category_of_the_wrong_kind(layout):
+    (layout / "a_file").write_text("")
+    assert "is a file, not a folder" in _raises_naming(layout / "a_file", MVTecAD, layout / "a_file", "widget")
+    with pytest.raises(AdlearnError, match="data root must be a folder path"):
+        MVTecAD(None, "widget")
+    assert "['widget']" in _raises_naming(layout, MVTecAD, layout, None)
+
+
+def test_out_of_range_index_is_an_index_error_so_iteration_ends(layout):
+    train = MVTecAD(layout, "widget", "train", image_size=32)
+    with pytest.raises(IndexError, match="index 2 is out of range for the 2 train images"):
+        train[2]
+    assert len(list(train)) == 2 and torch.equal(train[-1]["image"], train[1]["image"])
+
+
+def test_synthetic_root_that_is_a_file_or_below_one(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("mine")
+    for root in (blocker, blocker / "data"):
+        _raises_naming(blocker, make_synthetic, root, categories=["fabric"], image_size=SIZE, **COUNTS)
+    assert blocker.read_text() == "mine"
 
 
 def test_missing_category_lists_existing_ones(layout):
@@ -575,6 +740,8 @@ def test_download_from_a_local_url_verifies_and_extracts(tmp_path):
     archive = _bottle_archive(tmp_path)
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     root = tmp_path / "mvtec"
+    root.mkdir()
+    (root / f"{_as_pid(temp_prefix('download'), _dead_pid())}bottle.tar.xz").write_bytes(b"half")  # a killed run's
     kwargs = {"base_url": f"file://{tmp_path}/", "archives": {"bottle": "bottle.tar.xz"}}
     assert download_mvtec(root, ["bottle"], sha256={"bottle": digest}, **kwargs) == root
     assert len(MVTecAD(root, "bottle", "test", image_size=32)) == 2

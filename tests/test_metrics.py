@@ -23,7 +23,7 @@ from sklearn.metrics import auc as sk_auc
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 from skimage import measure
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from adlearn import metrics
 from adlearn.errors import AdlearnError
@@ -454,6 +454,36 @@ def test_evaluate_rejects_bad_predictions_and_masks():
         evaluate(Oracle(map_size=8), TinyDefects(), progress=False)
     with pytest.raises(AdlearnError, match="must be binary"):
         evaluate(Oracle(), TinyDefects(mask_value=0.5), progress=False)
+
+
+def test_evaluate_accepts_tensor_datasets_and_loaders():
+    data = TinyDefects()
+    labels = torch.tensor([int(i >= 3) for i in range(6)])
+    reference = evaluate(Oracle(), data, progress=False)
+    with_masks = evaluate(Oracle(), TensorDataset(data.images, data.masks, labels), progress=False)
+    images_only = evaluate(Oracle(), TensorDataset(data.images, labels), progress=False)
+    loader = evaluate(Oracle(), DataLoader(data, batch_size=5), progress=False)
+    for result, keys in ((with_masks, IMAGE_KEYS | PIXEL_KEYS), (images_only, IMAGE_KEYS), (loader, set(reference))):
+        assert set(result) == keys
+        assert all(result[k] == reference[k] for k in keys - {"predict_ms_per_image"})
+    with pytest.raises(AdlearnError, match="has no ground-truth masks"):
+        evaluate(Oracle(), TensorDataset(data.images, labels), pixel_metrics=True, progress=False)
+
+
+def test_evaluate_needs_a_model():
+    with pytest.raises(AdlearnError, match="needs a fitted model with a predict"):
+        evaluate("model.pt", TinyDefects(), progress=False)
+
+
+@pytest.mark.parametrize("dataset, got", [
+    (TensorDataset(torch.rand(2, 3, 8, 8)), "a tuple of length 1"),
+    ([{"img": torch.rand(3, 8, 8), "label": 0}], "a dict with keys ['img', 'label']"),
+    ([torch.rand(3, 8, 8)], "a Tensor"),
+])
+def test_evaluate_says_which_samples_it_needs(dataset, got):
+    with pytest.raises(AdlearnError) as err:
+        evaluate(Oracle(), dataset, progress=False)
+    assert got in str(err.value) and "TensorDataset(images, masks, labels)" in str(err.value)
 
 
 def test_evaluate_maps_is_the_metrics_of_its_arrays(chunk):

@@ -42,8 +42,10 @@ from torch.utils.data import Dataset
 
 from ..env import progress_bar
 from ..errors import AdlearnError
+from ..files import remove_stale, temp_prefix
 from ._io import (
     IMAGE_EXTENSIONS,
+    check_folder_path,
     check_image_size,
     check_split,
     list_images,
@@ -83,7 +85,7 @@ class MVTecAD(Dataset):
     """Pixel ground truth exists, so evaluation reports pixel metrics too."""
 
     def __init__(self, root: str | Path, category: str, split: str = "train", image_size: int = 256) -> None:
-        self.root = Path(root).expanduser()
+        self.root = check_folder_path(root, "data root")
         self.category = category
         self.split = check_split(split)
         self.image_size = check_image_size(image_size)
@@ -96,6 +98,9 @@ class MVTecAD(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, object]:
+        if not -len(self) <= index < len(self):  # IndexError: it ends iteration over the dataset
+            raise IndexError(f"index {index} is out of range for the {len(self)} {self.split} images of "
+                             f"{self.root / self.category}")
         path, label, defect, mask_path = self.samples[index]
         image = load_image(path, self.image_size)
         if mask_path is None:
@@ -116,13 +121,16 @@ class MVTecAD(Dataset):
 def _category_dir(root: Path, category: str) -> Path:
     """``root/category`` after checking both exist; the error lists the categories that do."""
     if not root.is_dir():
+        state = "is a file, not a folder" if root.exists() else "does not exist"
         raise AdlearnError(
-            f"data root {root} does not exist: pass the folder that holds the category folders "
+            f"data root {root} {state}: pass the folder that holds the category folders "
             "(make it with adlearn.datasets.make_synthetic() or download_mvtec(root))"
         )
+    found = sorted(p.name for p in root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
+    if not isinstance(category, str) or not category:
+        raise AdlearnError(f"category must be the name of a folder in {root}, got {category!r}; found: {found or 'none'}")
     folder = root / category
     if not folder.is_dir():
-        found = sorted(p.name for p in root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
         hint = (
             f"; {root} itself looks like a category folder, so pass its parent {root.parent} as root"
             if (root / "train").is_dir()
@@ -265,7 +273,7 @@ def download_mvtec(
     categories not yet in ``root``; a list fetches those categories' own archives (verified when
     ``sha256`` gives their digest). Categories already present are skipped, archives are streamed
     with a progress bar, checked, extracted without letting any member escape ``root``, and
-    deleted. By downloading you accept the licence: non-commercial use, share-alike, cite
+    deleted (what a killed run left, ``.download.tmp-*``, is deleted by the next). By downloading you accept the licence: non-commercial use, share-alike, cite
     Bergmann et al. (IJCV 2021).
 
     If the download fails (no internet, a moved link), get the data by hand from
@@ -278,11 +286,12 @@ def download_mvtec(
     if not missing:
         return root
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale(root, _DOWNLOAD)  # archives and extractions of a killed earlier run
     paths = {**MVTEC_ARCHIVES, **(archives or {})}
     digests = {**MVTEC_SHA256, **(sha256 or {})}
     jobs = [(FULL_ARCHIVE, missing)] if categories is None else [(c, [c]) for c in missing]
     for name, contents in jobs:
-        archive = root / f".{name}.tar.xz.part"
+        archive = root / f"{temp_prefix(_DOWNLOAD)}{name}.tar.xz"
         try:
             _fetch(base_url + paths[name], archive, timeout)
             _verify_sha256(archive, digests.get(name))
@@ -290,6 +299,10 @@ def download_mvtec(
         finally:
             archive.unlink(missing_ok=True)
     return root
+
+
+_DOWNLOAD = "download"
+"""Name under which :func:`download_mvtec` keeps its temporary archive and extraction folder."""
 
 
 def _check_categories(categories: Iterable[str] | None) -> list[str]:
@@ -351,7 +364,7 @@ def _extract_categories(archive: Path, root: Path, categories: list[str]) -> Non
     place only when complete, so an interrupted run never leaves a half category that a later
     call would mistake for a finished one.
     """
-    with tarfile.open(archive) as tar, tempfile.TemporaryDirectory(dir=root, prefix=".extract-") as tmp:
+    with tarfile.open(archive) as tar, tempfile.TemporaryDirectory(dir=root, prefix=temp_prefix(_DOWNLOAD)) as tmp:
         members = [m for m in _safe_members(tar, archive) if Path(m.name).parts[0] in categories]
         tar.extractall(tmp, members=members, filter="data")
         for category in categories:

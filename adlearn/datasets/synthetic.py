@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,8 @@ from PIL import Image, ImageDraw
 
 from ..env import data_dir, progress_bar
 from ..errors import AdlearnError
-from ._io import check_int
+from ..files import check_writable_dir, remove_stale, temp_prefix
+from ._io import check_folder_path, check_int
 
 __all__ = ["DEFECT_KINDS", "GENERATOR_VERSION", "SYNTHETIC_CATEGORIES", "make_synthetic"]
 
@@ -98,20 +98,26 @@ def make_synthetic(
     ``root/manifest.json`` records the arguments and :data:`GENERATOR_VERSION`. A folder whose
     manifest matches is returned at once; one with another manifest is regenerated (never
     mixed); a non-empty folder without a manifest is refused. Images are generated into a
-    temporary sibling folder that is renamed into place at the end, so an interrupted run leaves
-    no half-written data set, and parallel processes asking for the same data set are safe.
+    temporary sibling folder (``.<root name>.tmp-<pid>@<host>-*``) that is renamed into place at
+    the end, so an interrupted run leaves no half-written data set, and parallel processes asking
+    for the same data set are safe. A temporary folder left by a killed run (SIGKILL, power loss)
+    is deleted by the next call once its process is gone (:func:`adlearn.files.remove_stale`);
+    one that a live process is still writing is left alone.
     """
     manifest = _manifest(_check_categories(categories), image_size, seed, n_train, n_test_good, n_test_defect)
-    root = _default_root(manifest) if root is None else Path(root).expanduser()
+    root = _default_root(manifest) if root is None else check_folder_path(root, "root")
+    remove_stale(root.parent, root.name)  # what a killed run left behind
     if _read_manifest(root) == manifest:
         return root
+    if root.exists() and not root.is_dir():
+        raise AdlearnError(f"{root} is a file: pass a new or empty folder, or root=None for the cache")
     if root.exists() and _read_manifest(root) is None and any(root.iterdir()):
         raise AdlearnError(
             f"{root} is not empty and was not made by make_synthetic (no manifest.json): "
             "pass a new or empty folder, or root=None for the cache"
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
+    check_writable_dir(root.parent, "folder for the synthetic data set")
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=temp_prefix(root.name)))
     try:
         _write_dataset(tmp, manifest, progress)
         _publish(tmp, root, manifest)
@@ -173,10 +179,10 @@ def _publish(tmp: Path, root: Path, manifest: dict) -> None:
     except OSError:
         if _read_manifest(root) == manifest:  # another process finished the same data set first
             return
-    stale = root.with_name(f".{root.name}.stale-{uuid.uuid4().hex}")
+    stale = Path(tempfile.mkdtemp(dir=root.parent, prefix=temp_prefix(root.name))) / "old"
     os.rename(root, stale)
     os.rename(tmp, root)
-    shutil.rmtree(stale, ignore_errors=True)
+    shutil.rmtree(stale.parent, ignore_errors=True)
 
 
 def _write_dataset(folder: Path, manifest: dict, progress: bool) -> None:

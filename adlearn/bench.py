@@ -1,0 +1,316 @@
+"""``adlearn bench``: every method on the same data, one-class and multi-class, with its cost.
+
+Each registered model (``REGISTRY``: a new method appears by itself) is built with one profile's
+settings, fitted and evaluated on identical data, image sizes, seeds and metrics:
+
+* **one-class**: one model per category, fitted on that category's nominal training images —
+  the setting of PaDiM, SPADE and DDAD;
+* **multi-class**: one model fitted on the union of every category's training images and
+  evaluated per category — the setting of DiAD (and of ADer's benchmark).
+
+A row records the setting, image / pixel AUROC, AUPRO (the official protocol), F1-max, fit
+seconds, predict ms/image, the peak memory of the fit, the parameter count, ``get_params()``,
+the backbone and whether ImageNet weights were really loaded, the device, the versions and the
+seed. ``results.json``, ``results.csv`` and ``results.md`` are rewritten atomically after every
+row, so Ctrl-C leaves every finished row intact and ``resume=True`` skips them.
+
+>>> rows = run_bench(models=["MeanImage", "PaDiM"], data="synthetic", profile="fast",
+...                  out="outputs/bench")                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from ._version import __version__
+from .datasets import ELPV, MVTecAD, make_synthetic
+from .env import progress_bar, setup
+from .errors import AdlearnError
+from .files import atomic_write
+from .metrics import evaluate
+from .models import REGISTRY, AnomalyModel, build
+from .profiles import Profile
+
+__all__ = ["SETTINGS", "METRICS", "run_bench", "format_table", "mean_rows", "summary_tables", "load_results",
+           "PeakMemory"]
+
+SETTINGS = ("one-class", "multi-class")
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max")
+COST = ("fit_s", "predict_ms_per_image", "fit_peak_mb", "n_params")
+TABLE_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "fit_s", "predict_ms_per_image", "fit_peak_mb")
+
+
+# --- data ----------------------------------------------------------------------------------------
+@dataclass
+class Split:
+    """One category's train and test sets."""
+
+    category: str
+    train: Dataset
+    test: Dataset
+
+
+def load_splits(data: str, categories: Sequence[str] | None, profile: Profile, seed: int) -> list[Split]:
+    """``"synthetic"`` (generated, cached), ``"elpv"`` (real solar cells, image labels only) or the
+    root folder of a data set in the MVTec AD layout."""
+    size = profile.image_size
+    if data == "elpv":
+        kwargs = {"image_size": size, "n_train": profile.elpv_n_train, "n_test": profile.elpv_n_test}
+        return [Split("elpv", ELPV("train", **kwargs), ELPV("test", **kwargs))]
+    if data == "synthetic":
+        categories = list(categories or profile.categories)
+        root = make_synthetic(categories=categories, image_size=size, seed=seed, n_train=profile.n_train,
+                              n_test_good=profile.n_test_good, n_test_defect=profile.n_test_defect)
+    else:
+        root = Path(data)
+        if not root.is_dir():
+            raise AdlearnError(f"--data {data!r} is not 'synthetic', 'elpv' or a folder in the MVTec AD layout")
+        categories = list(categories or sorted(p.name for p in root.iterdir() if (p / "train" / "good").is_dir()))
+        if not categories:
+            raise AdlearnError(f"{root} has no CATEGORY/train/good folders (the MVTec AD layout)")
+    return [Split(c, MVTecAD(root, c, "train", image_size=size), MVTecAD(root, c, "test", image_size=size))
+            for c in categories]
+
+
+# --- cost ----------------------------------------------------------------------------------------
+class PeakMemory:
+    """Peak memory of a block above its start: CUDA's allocator on a GPU, else the resident set
+    size sampled every 5 ms from ``/proc`` (the lifetime ``ru_maxrss`` where ``/proc`` is missing)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak_mb = device, 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        self._start = self._rss()
+        self._peak = self._start
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(0.0, (max(self._peak, self._rss()) - self._start) / 2**20)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self._peak = max(self._peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _fit(model: AnomalyModel, train: Dataset) -> tuple[float, float]:
+    """Fit ``model``; returns (seconds, peak memory in MiB)."""
+    with PeakMemory(model.device) as memory:
+        start = time.perf_counter()
+        model.fit(train)
+        seconds = time.perf_counter() - start
+    return seconds, memory.peak_mb
+
+
+# --- rows ----------------------------------------------------------------------------------------
+def _key(row: dict[str, Any]) -> tuple:
+    return row["model"], row["category"], row["setting"], row["profile"], row["data"]
+
+
+def _row(model: AnomalyModel, split: Split, setting: str, profile: Profile, data: str, seed: int,
+         fit_s: float, fit_peak_mb: float) -> dict[str, Any]:
+    metrics = evaluate(model, split.test, progress=False)
+    return {
+        "model": model.name, "category": split.category, "setting": setting, "profile": profile.name,
+        "data": data, **{m: metrics.get(m) for m in METRICS}, "fit_s": fit_s,
+        "predict_ms_per_image": metrics["predict_ms_per_image"], "fit_peak_mb": fit_peak_mb,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "backbone": getattr(model, "backbone", None), "pretrained": getattr(model, "pretrained_", None),
+        "device": str(model.device), "seed": seed, "params": _jsonable(model.get_params()),
+        "versions": {"adlearn": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+
+def _jobs(models: Sequence[str], splits: list[Split], settings: Sequence[str]) -> Iterator[tuple[str, str]]:
+    for model_name in models:
+        for setting in settings:
+            if setting == "multi-class" and len(splits) < 2:
+                continue  # one category: the multi-class model is the one-class model
+            yield model_name, setting
+
+
+def run_bench(
+    models: Sequence[str] | None = None,
+    data: str = "synthetic",
+    categories: Sequence[str] | None = None,
+    settings: Sequence[str] = SETTINGS,
+    profile: str | Profile | None = None,
+    out: str | Path = "outputs/bench",
+    *,
+    resume: bool = False,
+    seed: int = 0,
+    command: str | None = None,
+) -> list[dict[str, Any]]:
+    """Fit and evaluate ``models`` (default: every registered one) on ``data``; returns the rows.
+
+    The results files in ``out`` are rewritten after every row; ``resume`` keeps the rows already
+    there and skips what they cover.
+    """
+    models = list(models or sorted(REGISTRY))
+    unknown = sorted(set(models) - set(REGISTRY))
+    if unknown:
+        raise AdlearnError(f"unknown model(s) {unknown}; registered: {sorted(REGISTRY)}")
+    bad = sorted(set(settings) - set(SETTINGS))
+    if bad or not settings:
+        raise AdlearnError(f"settings must be among {list(SETTINGS)}, got {list(settings)}")
+    cfg = setup(profile, seed=seed, verbose=False)
+    out = Path(out)
+    previous = load_results(out) if resume and (out / "results.json").is_file() else {"rows": [], "meta": {}}
+    rows = previous["rows"]
+    done = {_key(r) for r in rows}
+    splits = load_splits(data, categories, cfg.profile, seed)
+    meta = {"commands": [*previous["meta"].get("commands", []), command], "profile": cfg.profile.name,
+            "seed": seed, "machine": _machine(cfg.device), "threads": torch.get_num_threads()}
+    jobs = list(_jobs(models, splits, settings))
+    for model_name, setting in progress_bar(jobs, desc="bench", unit="fit"):
+        todo = [s for s in splits if (model_name, s.category, setting, cfg.profile.name, data) not in done]
+        if not todo:
+            continue
+        if setting == "one-class":
+            for split in todo:
+                model = build(model_name, cfg.profile)
+                fit_s, peak = _fit(model, split.train)
+                rows.append(_row(model, split, setting, cfg.profile, data, seed, fit_s, peak))
+                write_results(out, rows, meta)
+        else:
+            model = build(model_name, cfg.profile)
+            fit_s, peak = _fit(model, ConcatDataset([s.train for s in splits]))
+            for split in todo:
+                rows.append(_row(model, split, setting, cfg.profile, data, seed, fit_s, peak))
+            write_results(out, rows, meta)
+    return rows
+
+
+def _machine(device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {name}"
+
+
+# --- results files -------------------------------------------------------------------------------
+def load_results(out: str | Path) -> dict[str, Any]:
+    """``{"meta": ..., "rows": [...]}`` from ``out/results.json`` (or that file itself)."""
+    path = Path(out)
+    path = path / "results.json" if path.is_dir() else path
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise AdlearnError(f"cannot read benchmark results {path} ({err}); run `adlearn bench` first") from err
+
+
+def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """results.json (everything), results.csv (flat columns) and results.md (tables), atomically."""
+    with atomic_write(out / "results.json", "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    flat = ["model", "category", "setting", "profile", "data", *METRICS, *COST, "backbone", "pretrained",
+            "device", "seed"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=flat, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(out / "results.csv", "w") as f:
+        f.write(buffer.getvalue())
+    with atomic_write(out / "results.md", "w") as f:
+        f.write(render_markdown(rows, meta))
+
+
+def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """One table per (data, setting): every row, then the mean over categories per model."""
+    parts = [f"# adlearn bench — profile `{meta.get('profile')}`\n",
+             "Reproduce with:\n\n" + "".join(f"    {c}\n" for c in meta.get("commands", [])),
+             f"\nMachine: {meta.get('machine')}, {meta.get('threads')} threads\n"]
+    for data in dict.fromkeys(r["data"] for r in rows):
+        for setting in SETTINGS:
+            mine = [r for r in rows if r["data"] == data and r["setting"] == setting]
+            if mine:
+                parts.append(f"\n## {data}, {setting}\n\n{format_table(mine + mean_rows(mine))}\n")
+    return "\n".join(parts)
+
+
+def summary_tables(results: dict[str, Any], heading: str = "###") -> str:
+    """The mean over categories of every model, one table per (data, setting): what the README
+    and chapter 9 show (``results`` as :func:`load_results` returns it)."""
+    rows, parts = results["rows"], []
+    for data in dict.fromkeys(r["data"] for r in rows):
+        for setting in SETTINGS:
+            mine = [r for r in rows if r["data"] == data and r["setting"] == setting]
+            if mine:
+                categories = ", ".join(dict.fromkeys(r["category"] for r in mine))
+                table = format_table([{**m, "category": categories} for m in mean_rows(mine)])
+                parts.append(f"{heading} {data}, {setting} (mean over: {categories})\n\n{table}\n")
+    return "\n".join(parts)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    """A markdown table of ``rows`` (dicts with ``model``, ``category`` and ``columns``)."""
+    header = ["model", "category", *columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row["model"]), str(row["category"])]
+        cells += [_cell(row.get(c), 3 if c in METRICS else 1) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: Any, digits: int) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return "–" if value is None else str(value)
+
+
+def mean_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> list[dict[str, Any]]:
+    """One ``mean`` row per model, averaging each column over the categories that have it."""
+    means = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        averaged = {}
+        for c in columns:
+            values = [r[c] for r in mine if isinstance(r.get(c), (int, float))]
+            if len(values) == len(mine):
+                averaged[c] = sum(values) / len(values)
+        means.append({"model": model, "category": "**mean**", **averaged})
+    return means

@@ -1,0 +1,74 @@
+"""``adlearn bench``: every registered model, both settings, three results files, resumable."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from adlearn import bench
+from adlearn.errors import AdlearnError
+from adlearn.models import REGISTRY
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    """The command CI runs: every registered model, fast profile, synthetic data, both settings."""
+    from adlearn.cli import main
+
+    out = tmp_path_factory.mktemp("bench")
+    main(["--profile", "fast", "bench", "--data", "synthetic", "--out", str(out)])
+    return out
+
+
+def test_every_model_both_settings_three_files(fast_run) -> None:
+    results = json.loads((fast_run / "results.json").read_text())
+    rows = results["rows"]
+    assert {r["model"] for r in rows} == set(REGISTRY)
+    assert {r["setting"] for r in rows} == {"one-class", "multi-class"}
+    for row in rows:
+        for metric in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max"):
+            assert isinstance(row[metric], float) and 0 <= row[metric] <= 1, (row["model"], metric, row[metric])
+        assert row["fit_s"] > 0 and row["predict_ms_per_image"] > 0 and row["n_params"] >= 0
+        assert row["params"] and row["versions"]["torch"] and row["device"] == "cpu"
+    with open(fast_run / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    markdown = (fast_run / "results.md").read_text()
+    assert "## synthetic, one-class" in markdown and "## synthetic, multi-class" in markdown
+    assert results["meta"]["commands"][-1].startswith("adlearn --profile fast bench")
+
+
+def test_resume_skips_finished_rows(tmp_path, monkeypatch) -> None:
+    first = bench.run_bench(["MeanImage"], profile="fast", settings=["one-class"], out=tmp_path)
+    monkeypatch.setattr(bench, "_fit", lambda *a: pytest.fail("a finished row was fitted again"))
+    again = bench.run_bench(["MeanImage"], profile="fast", settings=["one-class"], out=tmp_path, resume=True)
+    assert again == json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["image_auroc"] for r in again] == [r["image_auroc"] for r in first]
+
+
+def test_an_interrupted_run_keeps_its_finished_rows(tmp_path, monkeypatch) -> None:
+    calls = []
+    real = bench.evaluate
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "evaluate", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_bench(["MeanImage"], profile="fast", settings=["one-class"], out=tmp_path)
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert len(rows) == 1 and not math.isnan(rows[0]["image_auroc"])
+
+
+def test_bad_requests_are_clear_errors(tmp_path) -> None:
+    with pytest.raises(AdlearnError, match="unknown model"):
+        bench.run_bench(["NoSuchModel"], profile="fast", out=tmp_path)
+    with pytest.raises(AdlearnError, match="settings must be"):
+        bench.run_bench(["MeanImage"], profile="fast", settings=["two-class"], out=tmp_path)
+    with pytest.raises(AdlearnError, match="MVTec AD layout"):
+        bench.run_bench(["MeanImage"], data=str(tmp_path / "missing"), profile="fast", out=tmp_path)

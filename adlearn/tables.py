@@ -5,22 +5,24 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["METRICS", "TABLE_COLUMNS", "format_table", "mean_rows"]
+__all__ = ["METRICS", "TABLE_COLUMNS", "markdown", "format_table", "mean_rows"]
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max")
 """Accuracy columns (printed with 3 decimals; cost columns get 1)."""
 TABLE_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "fit_s", "predict_ms_per_image", "fit_peak_mb")
 
 
+def markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A Markdown table from a header and rows of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
+
+
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
     """A markdown table of ``rows`` (dicts with ``model``, ``category`` and ``columns``)."""
-    header = ["model", "category", *columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [str(row["model"]), str(row["category"])]
-        cells += [_cell(row.get(c), 3 if c in METRICS else 1) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    body = [[str(row["model"]), str(row["category"]), *(_cell(row.get(c), 3 if c in METRICS else 1) for c in columns)]
+            for row in rows]
+    return markdown(["model", "category", *columns], body)
 
 
 def _cell(value: Any, digits: int) -> str:

@@ -298,8 +298,8 @@ class DiAD(AnomalyModel):
                  "batch_size": 8, "backbone": "tf_efficientnet_lite0", "pretrained": "auto"},
         # the paper profile is the constructor: SD-1.5's VAE and UNet (from its weights), ResNet-50, σ = 5
     }
-    _learned_attrs = ("sd_weights_", "pretrained_", "guided_", "vae_loss_", "pretrain_loss_", "train_loss_",
-                      "val_loss_")
+    _learned_attrs = ("sd_weights_", "pretrained_", "weights_", "guided_",
+                      "vae_loss_", "pretrain_loss_", "train_loss_", "val_loss_")
 
     def __init__(
         self,

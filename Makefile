@@ -13,7 +13,7 @@ EXEC   := book_executed
 # No network in tests and CI; one thread per notebook kernel (two share the 2 cores).
 OFFLINE_ENV := HF_HUB_OFFLINE=1 ADLEARN_OFFLINE=1 TQDM_DISABLE=1 PYTHONHASHSEED=0 OMP_NUM_THREADS=1
 
-.PHONY: demo test unit notebooks book-build book clean
+.PHONY: demo test unit notebooks book-build book-checks book clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ demo: $(STAMP)
 test: unit
 	$(MAKE) notebooks PROFILE=fast
 	$(MAKE) book-build
+	$(MAKE) book-checks
+
+# What needs the executed notebooks and the built HTML: every number in a chapter's prose is
+# printed by one of its cells; the pages typeset equations with the bundled (offline) MathJax.
+book-checks: $(STAMP)
+	test -d $(EXEC)/_build/html || { echo "run 'make notebooks book-build' first"; exit 1; }
+	ADLEARN_EXECUTED_BOOK=$(EXEC) ADLEARN_BUILT_BOOK=$(EXEC)/_build/html $(OFFLINE_ENV) $(BIN)/python -m pytest \
+		-q -p no:cacheprovider tests/test_book.py -k "every_prose_number or built_pages"
 
 unit: $(STAMP)
 	$(OFFLINE_ENV) $(BIN)/python -m pytest -q -n $(XDIST) tests/
@@ -46,6 +54,7 @@ book-build: $(STAMP)
 book:
 	$(MAKE) notebooks PROFILE=book
 	$(MAKE) book-build
+	$(MAKE) book-checks
 
 clean:
 	rm -rf $(EXEC) _build outputs

@@ -46,14 +46,13 @@ from .files import atomic_write
 from .metrics import evaluate
 from .models import REGISTRY, AnomalyModel, build
 from .profiles import Profile
+from .tables import METRICS, format_table, mean_rows
 
-__all__ = ["SETTINGS", "METRICS", "run_bench", "format_table", "mean_rows", "summary_tables", "load_results",
-           "PeakMemory"]
+__all__ = ["SETTINGS", "run_bench", "summary_tables", "load_results", "write_results", "PeakMemory",
+           "format_table", "mean_rows"]
 
 SETTINGS = ("one-class", "multi-class")
-METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max")
 COST = ("fit_s", "predict_ms_per_image", "fit_peak_mb", "n_params")
-TABLE_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "fit_s", "predict_ms_per_image", "fit_peak_mb")
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -283,34 +282,3 @@ def summary_tables(results: dict[str, Any], heading: str = "###") -> str:
                 table = format_table([{**m, "category": categories} for m in mean_rows(mine)])
                 parts.append(f"{heading} {data}, {setting} (mean over: {categories})\n\n{table}\n")
     return "\n".join(parts)
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
-    """A markdown table of ``rows`` (dicts with ``model``, ``category`` and ``columns``)."""
-    header = ["model", "category", *columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [str(row["model"]), str(row["category"])]
-        cells += [_cell(row.get(c), 3 if c in METRICS else 1) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _cell(value: Any, digits: int) -> str:
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return "–" if value is None else str(value)
-
-
-def mean_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> list[dict[str, Any]]:
-    """One ``mean`` row per model, averaging each column over the categories that have it."""
-    means = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == model]
-        averaged = {}
-        for c in columns:
-            values = [r[c] for r in mine if isinstance(r.get(c), (int, float))]
-            if len(values) == len(mine):
-                averaged[c] = sum(values) / len(values)
-        means.append({"model": model, "category": "**mean**", **averaged})
-    return means

@@ -1,4 +1,4 @@
-"""Command line: ``adlearn demo | fit | evaluate | models``.
+"""Command line: ``adlearn demo | fit | evaluate | bench | models``.
 
 ``adlearn demo`` is the package's main job: generate the embedded synthetic data set, fit the
 models, print a metrics table and write a figure of anomaly maps — in minutes on a laptop CPU.
@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 from .errors import AdlearnError
 from .files import atomic_write, check_writable_dir, check_writable_file
 from .profiles import PROFILES
+from .tables import TABLE_COLUMNS, format_table, mean_rows
 
 EXIT_ERROR = 1
 """Exit code of an :class:`AdlearnError` (a user-fixable problem)."""
@@ -44,30 +45,6 @@ exit codes: 0 success; {EXIT_ERROR} an adlearn error (one line on stderr says wh
 {EXIT_USAGE} bad arguments; {EXIT_INTERRUPTED} interrupted (Ctrl-C). `adlearn models` lists the model names."""
 
 MODEL_HELP = "a model name, e.g. PaDiM (`adlearn models` lists them)"
-
-COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "fit_s", "predict_ms_per_image")
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
-    """A markdown table of ``rows`` (dicts with ``model``, ``category`` and ``columns``)."""
-    header = ["model", "category", *columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [str(row["model"]), str(row["category"])]
-        cells += [f"{row[c]:.3f}" if isinstance(row.get(c), float) else str(row.get(c, "–")) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def mean_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> list[dict[str, Any]]:
-    """One ``mean`` row per model, averaging each column over the categories."""
-    means = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == model]
-        means.append({"model": model, "category": "**mean**",
-                      **{c: sum(r[c] for r in mine) / len(mine) for c in columns if all(c in r for r in mine)}})
-    return means
-
 
 def fit_and_evaluate(model_name: str, root: Path, category: str, image_size: int, profile: str,
                      **overrides: Any) -> tuple[Any, dict[str, Any]]:
@@ -136,7 +113,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
                 figure = out / f"demo_{model_name}_{category}.png"
                 _demo_figure(model, root, category, p.image_size, figure)
                 figures.append(figure)
-    table = format_table(rows + mean_rows(rows))
+    columns = [c for c in TABLE_COLUMNS if c != "fit_peak_mb"]  # the benchmark measures memory
+    table = format_table(rows + mean_rows(rows, columns), columns)
     print(f"\nSynthetic data set: {root}  ({p.image_size}px, metrics at {p.image_size}px)\n\n{table}\n")
     results = out / "demo_results.json"
     with atomic_write(results, "w") as f:
@@ -168,6 +146,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     size = args.image_size or (fitted[0] if fitted else cfg.profile.image_size)
     test = MVTecAD(args.root, args.category, "test", image_size=size)
     print(json.dumps(evaluate(model, test), indent=2))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    out = check_writable_dir(args.out, "benchmark output folder (--out)")
+    from .bench import SETTINGS, run_bench
+
+    settings = SETTINGS if args.setting == "both" else (args.setting,)
+    command = "adlearn " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
+    run_bench(args.models, args.data, args.categories, settings, args.profile, out, resume=args.resume,
+              seed=args.seed, command=command)
+    print((out / "results.md").read_text())
+    print(f"Wrote {out / 'results.json'}, {out / 'results.csv'} and {out / 'results.md'}")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -233,6 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--image-size", type=pixels, default=None,
                     help="default: the size the model was fitted at if it needs one, else the profile's")
 
+    bench = command("bench", cmd_bench, "every model on the same data, one-class and multi-class, with its cost")
+    bench.add_argument("--models", nargs="+", default=None, metavar="MODEL", help="default: every registered model")
+    bench.add_argument("--data", default="synthetic",
+                       help="'synthetic' (generated), 'elpv' (solar cells, image labels) or a folder in the MVTec AD layout")
+    bench.add_argument("--categories", nargs="+", default=None, help="default: the profile's (synthetic) or all")
+    bench.add_argument("--setting", choices=["one-class", "multi-class", "both"], default="both")
+    bench.add_argument("--out", default="outputs/bench", help="folder for results.json, results.csv and results.md")
+    bench.add_argument("--resume", action="store_true", help="keep the rows in --out and skip what they cover")
+
     command("models", cmd_models, "list the model names")
     return parser
 
@@ -240,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the command line; exits with the codes listed in the module docstring."""
     args = build_parser().parse_args(argv)  # exits 2 on bad arguments
+    args.argv = None if argv is None else list(argv)  # recorded by `bench` as the command to re-run
     try:
         args.func(args)
     except AdlearnError as err:

@@ -17,6 +17,8 @@ from matplotlib.patches import Ellipse
 from scipy import ndimage
 from torch import Tensor
 
+from . import tables
+
 __all__ = [
     "to_numpy_image", "show_predictions", "plot_curve", "results_file", "load_results",
     "markdown_table", "flow_diagram", "spade_diagram", "padim_diagram", "ddad_diagram",
@@ -129,10 +131,8 @@ def markdown_table(rows: Sequence[dict], columns: dict[str, str | tuple[str, int
             return "–"
         return f"{value:.{places}f}" if isinstance(value, float) else str(value)
 
-    lines = ["| " + " | ".join(header for header, _ in specs.values()) + " |", "|" + "---|" * len(specs)]
-    lines += ["| " + " | ".join(cell(row.get(key), places) for key, (_, places) in specs.items()) + " |"
-              for row in rows]
-    return Markdown("\n".join(lines))
+    body = [[cell(row.get(key), places) for key, (_, places) in specs.items()] for row in rows]
+    return Markdown(tables.markdown([header for header, _ in specs.values()], body))
 
 
 # --- Method diagrams -------------------------------------------------------------------------

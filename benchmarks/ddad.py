@@ -17,7 +17,8 @@ import sys
 from typing import Any
 
 import adlearn
-from adlearn.cli import fit_and_evaluate, format_table, mean_rows
+from adlearn.cli import fit_and_evaluate
+from adlearn.tables import format_table, mean_rows
 from adlearn.datasets import make_synthetic
 from adlearn.models import REGISTRY
 

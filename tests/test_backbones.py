@@ -153,3 +153,12 @@ def test_paper_backbones_build_and_name_their_tag_when_missing(tag):
 def test_an_unknown_weight_tag_lists_the_valid_ones():
     with pytest.raises(AdlearnError, match="resnet18.tv_in1k"):
         FeatureExtractor("resnet18.no_such_tag", pretrained=False)
+
+
+def test_model_defaults_and_paper_profile_use_the_papers_weights() -> None:
+    from adlearn.models import DDAD, SPADE, PaDiM, build
+
+    assert PaDiM().backbone == PAPER_WEIGHTS["resnet18"]
+    assert build("PaDiM", "paper").backbone == PAPER_WEIGHTS["wide_resnet50_2"]
+    assert SPADE().backbone == build("SPADE", "paper").backbone == PAPER_WEIGHTS["wide_resnet50_2"]
+    assert DDAD().backbone == build("DDAD", "paper").backbone == PAPER_WEIGHTS["wide_resnet101_2"]

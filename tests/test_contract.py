@@ -95,6 +95,7 @@ class ContractSuite:
         restored = adlearn.load(path, device="cpu")
         assert type(restored) is type(fitted)
         assert restored.get_params() == fitted.get_params()
+        assert getattr(restored, "weights_", None) == getattr(fitted, "weights_", None), "the weight tag is kept"
         a, b = fitted.predict(test_images), restored.predict(test_images)
         torch.testing.assert_close(a.score, b.score, rtol=0, atol=0)
         torch.testing.assert_close(a.anomaly_map, b.anomaly_map, rtol=0, atol=0)

@@ -54,6 +54,6 @@ def test_build_applies_profile_then_overrides() -> None:
     fast = build("PaDiM", profile="fast")
     assert fast.backbone == PaDiM.profiles["fast"]["backbone"] == PaDiM.params_for(get_profile("fast"))["backbone"]
     paper = build("PaDiM", profile="paper", d=7)
-    assert paper.backbone == "wide_resnet50_2" and paper.d == 7
+    assert paper.backbone == "wide_resnet50_2.tv_in1k" and paper.d == 7
     with pytest.raises(AdlearnError, match="available"):
         build("NoSuchModel")

@@ -200,10 +200,12 @@ class AnomalyModel(nn.Module):
 
     def _build_feature_extractor(self, layers: tuple[int, ...], load_weights: bool) -> None:
         """``self.feature_extractor``: the frozen ``self.backbone`` pyramid at ``layers``, with
-        ``self.pretrained``'s weights (none when restoring a file); records ``pretrained_``."""
+        ``self.pretrained``'s weights (none when restoring a file, whose own record then wins);
+        records ``pretrained_`` and ``weights_``, the exact weight tag loaded (or ``"random"``)."""
         pretrained = self.pretrained if load_weights else False
         self.feature_extractor = FeatureExtractor(self.backbone, layers, pretrained=pretrained)
         self.pretrained_ = self.feature_extractor.pretrained
+        self.weights_ = self.feature_extractor.weights
 
     # --- hooks for subclasses --------------------------------------------------------------
     def _build(self, load_weights: bool) -> None:
@@ -272,8 +274,9 @@ def load(path: str | Path, *, device: str | torch.device | None = None) -> Anoma
         raise AdlearnError(f"no saved model at {path}; save one with model.save({str(path)!r})")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file
-        raise AdlearnError(f"{path} is not a readable adlearn model file ({err}); re-save the model") from err
+    except Exception as err:  # a truncated or foreign file; torch's text would suggest weights_only=False
+        raise AdlearnError(f"{path} is not a readable adlearn model file ({type(err).__name__}: it is truncated, "
+                           "damaged or another program's file); re-save the model with model.save(path)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise AdlearnError(f"{path} is not an adlearn model file (expected format {FORMAT!r})")
     missing = [key for key in ("model", "params", "state_dict") if key not in ckpt]

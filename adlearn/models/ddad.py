@@ -143,7 +143,7 @@ class DDAD(AnomalyModel):
                  "backbone": "tf_efficientnet_lite0", "pretrained": "auto", "da_epochs": 2},
         # the paper profile is the constructor: 33 M UNet at 256 px, WRN101-2, w = 2, DA
     }
-    _learned_attrs = ("pretrained_", "train_loss_", "val_loss_", "da_loss_")
+    _learned_attrs = ("pretrained_", "weights_", "train_loss_", "val_loss_", "da_loss_")
 
     def __init__(
         self,
@@ -160,7 +160,7 @@ class DDAD(AnomalyModel):
         eta: float = 1.0,
         w: float = 2.0,
         v: float = 1.0,
-        backbone: str = "wide_resnet101_2",
+        backbone: str = "wide_resnet101_2.tv_in1k",
         layers: tuple[int, ...] = (2, 3),
         pretrained: Pretrained = True,
         sigma: float = 4.0,

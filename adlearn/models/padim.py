@@ -127,7 +127,9 @@ class PaDiM(AnomalyModel):
     """PaDiM anomaly detection; constructor defaults are the paper's (ResNet18, Rd100, ε=0.01, σ=4).
 
     Args:
-        backbone: timm model name (``"resnet18"``, ``"wide_resnet50_2"``, ``"tf_efficientnet_lite0"`` …).
+        backbone: timm model name with its weight tag: the paper's torchvision weights are
+            ``"resnet18.tv_in1k"`` and ``"wide_resnet50_2.tv_in1k"`` (timm's bare names load other
+            weights); ``"tf_efficientnet_lite0"`` installs offline.
         layers: timm ``out_indices`` of the feature pyramid (1, 2, 3 = ResNet layer1–3).
         d: number of randomly selected channels; ``None`` = the paper's value for the backbone.
         epsilon: ε added to the covariance diagonal (Eq. 1).
@@ -143,13 +145,13 @@ class PaDiM(AnomalyModel):
     profiles = {
         "fast": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto", "sigma": sigma_for(128)},
         "book": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto"},
-        "paper": {"backbone": "wide_resnet50_2"},
+        "paper": {"backbone": "wide_resnet50_2.tv_in1k"},
     }
-    _learned_attrs = ("pretrained_", "n_train_")
+    _learned_attrs = ("pretrained_", "weights_", "n_train_")
 
     def __init__(
         self,
-        backbone: str = "resnet18",
+        backbone: str = "resnet18.tv_in1k",
         layers: tuple[int, ...] = (1, 2, 3),
         d: int | None = None,
         epsilon: float = 0.01,

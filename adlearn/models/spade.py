@@ -59,7 +59,8 @@ class SPADE(AnomalyModel):
     """SPADE anomaly detection; constructor defaults are the paper's (WRN50-2, K=50, κ=1, σ=4).
 
     Args:
-        backbone: timm model name (``"wide_resnet50_2"`` in the paper, ``"tf_efficientnet_lite0"`` …).
+        backbone: timm model name with its weight tag (the paper: torchvision's WRN50-2,
+            ``"wide_resnet50_2.tv_in1k"``; offline: ``"tf_efficientnet_lite0"``).
         layers: timm ``out_indices`` of the pixel-level pyramid (1, 2, 3 = ResNet layer1–3); the
             last stage (global feature) is added automatically.
         k: K, training images retrieved per test image (Eq. 1). The popular repository uses 5.
@@ -84,11 +85,11 @@ class SPADE(AnomalyModel):
         "fast": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto", "sigma": sigma_for(128), "k": 10},
         "book": {"backbone": "tf_efficientnet_lite0", "pretrained": "auto"},  # the paper's K=50 of 80 images
     }
-    _learned_attrs = ("pretrained_", "k_", "feature_shapes_")
+    _learned_attrs = ("pretrained_", "weights_", "k_", "feature_shapes_")
 
     def __init__(
         self,
-        backbone: str = "wide_resnet50_2",
+        backbone: str = "wide_resnet50_2.tv_in1k",
         layers: tuple[int, ...] = (1, 2, 3),
         k: int = 50,
         kappa: int = 1,

@@ -33,8 +33,8 @@ test: unit
 # What needs the executed notebooks and the built HTML: every number in a chapter's prose is
 # printed by one of its cells; the pages typeset equations with the bundled (offline) MathJax.
 book-checks: $(STAMP)
-	test -d $(EXEC)/_build/html || { echo "run 'make notebooks book-build' first"; exit 1; }
-	ADLEARN_EXECUTED_BOOK=$(EXEC) ADLEARN_BUILT_BOOK=$(EXEC)/_build/html $(OFFLINE_ENV) $(BIN)/python -m pytest \
+	test -d _build/html || { echo "run 'make notebooks book-build' first"; exit 1; }
+	ADLEARN_EXECUTED_BOOK=$(EXEC) ADLEARN_BUILT_BOOK=_build/html $(OFFLINE_ENV) $(BIN)/python -m pytest \
 		-q -p no:cacheprovider tests/test_book.py -k "every_prose_number or built_pages"
 
 unit: $(STAMP)

@@ -1,10 +1,11 @@
-"""Render the committed benchmark into the README, between its ``results`` markers.
+"""Render the committed benchmark results into the README, between its marker comments.
 
     python benchmarks/render_results.py            # rewrite README.md
     python benchmarks/render_results.py --check    # exit 1 if README.md is out of date (a test runs this)
 
-The numbers come from ``benchmarks/results/bench_book/results.json``, whose ``meta.commands``
-say how to reproduce them; nothing in the README's results section is typed by hand.
+The numbers come from ``benchmarks/results/bench_book/results.json`` (``adlearn bench``) and
+``benchmarks/results/padim_spade.json`` (``benchmarks/padim_spade.py``), which record the commands
+that reproduce them; nothing between the README's markers is typed by hand.
 """
 
 from __future__ import annotations
@@ -14,29 +15,53 @@ import sys
 from pathlib import Path
 
 from adlearn.bench import load_results, summary_tables
+from adlearn.tables import markdown
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "bench_book" / "results.json"
-BEGIN = "<!-- results:begin — rendered by `python benchmarks/render_results.py`; do not edit by hand -->"
-END = "<!-- results:end -->"
+RESULTS = ROOT / "benchmarks" / "results"
 
 
-def section(results_path: Path = RESULTS) -> str:
-    results = load_results(results_path)
+def bench_section() -> str:
+    results = load_results(RESULTS / "bench_book" / "results.json")
     commands = "\n".join(results["meta"]["commands"])
-    return (f"{BEGIN}\n{summary_tables(results)}\nReproduce with (the machine: {results['meta']['machine']}, "
-            f"{results['meta']['threads']} thread; times are from a shared machine, compare ratios):\n\n"
-            f"```bash\n{commands}\n```\n\nEvery row, per category, with `get_params()`, versions and memory: "
-            f"[results.md](benchmarks/results/bench_book/results.md), "
-            f"[results.json](benchmarks/results/bench_book/results.json).\n{END}")
+    return (f"{summary_tables(results)}\nReproduce with (machine: {results['meta']['machine']}, "
+            f"{results['meta']['threads']} thread):\n\n```bash\n{commands}\n```\n\n"
+            "Every row, per category, with `get_params()`, versions and memory: "
+            "[results.md](benchmarks/results/bench_book/results.md), "
+            "[results.json](benchmarks/results/bench_book/results.json).")
 
 
-def render(readme: str, results_path: Path = RESULTS) -> str:
-    if BEGIN not in readme or END not in readme:
-        raise SystemExit(f"README.md lacks the markers {BEGIN!r} … {END!r}")
-    head, rest = readme.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return head + section(results_path) + tail
+def padim_spade_section() -> str:
+    results = load_results(RESULTS / "padim_spade.json")
+    sizes = sorted({r["n_train"] for r in results["rows"]})
+    body = []
+    for method in dict.fromkeys(r["method"] for r in results["rows"]):
+        by_n = {r["n_train"]: r for r in results["rows"] if r["method"] == method}
+        body.append([method, *(" / ".join(f"{by_n[n][key]:.{digits}f}" for n in sizes)
+                               for key, digits in (("fit_s", 1), ("predict_ms_per_image", 0), ("peak_rss_mib", 0)))])
+    header = ["method", *(f"{what} (N = {' / '.join(map(str, sizes))})"
+                          for what in ("fit s", "predict ms/image", "peak RSS MiB"))]
+    ratios = "\n".join(f"* {r['what']}: {r['value']:.2f}×" for r in results["ratios"])
+    spearman = min(a["spearman"] for a in results["agreement"])
+    return (f"{markdown(header, body)}\n\nRatios measured in the same run (fit + predict time; peak memory):\n\n"
+            f"{ratios}\n\nScores agree with every reference (lowest Spearman correlation {spearman:.3f}). "
+            f"Reproduce with `{results['meta']['command']}` (anomalib in a separate venv, optional).")
+
+
+SECTIONS = {"results": bench_section, "padim_spade": padim_spade_section}
+
+
+def render(readme: str) -> str:
+    """``readme`` with every marked section rendered afresh from the results files."""
+    for name, make in SECTIONS.items():
+        begin = f"<!-- {name}:begin — rendered by `python benchmarks/render_results.py`; do not edit by hand -->"
+        end = f"<!-- {name}:end -->"
+        if begin not in readme or end not in readme:
+            raise SystemExit(f"README.md lacks the markers {begin!r} … {end!r}")
+        head, rest = readme.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        readme = f"{head}{begin}\n{make()}\n{end}{tail}"
+    return readme
 
 
 def main(argv: list[str] | None = None) -> int:

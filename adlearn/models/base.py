@@ -253,18 +253,17 @@ class AnomalyModel(nn.Module):
         return params
 
     def _materialise_buffers(self, state_dict: dict[str, Any]) -> None:
-        """Give buffers that are ``None`` until ``fit`` the shape stored in ``state_dict``."""
-        for key, module, buf_name in self._unset_buffers():
-            if key in state_dict:
-                module._buffers[buf_name] = torch.empty_like(state_dict[key])
+        """Give the learned buffers that are ``None`` until ``fit`` the shape stored in ``state_dict``."""
+        for name in self._unset_buffers():
+            if name in state_dict:
+                self._buffers[name] = torch.empty_like(state_dict[name])
 
-    def _unset_buffers(self) -> list[tuple[str, nn.Module, str]]:
-        """(state-dict key, module, name) of every buffer still ``None``."""
-        unset = []
-        for module_name, module in self.named_modules():
-            prefix = f"{module_name}." if module_name else ""
-            unset += [(prefix + name, module, name) for name, buf in module._buffers.items() if buf is None]
-        return unset
+    def _unset_buffers(self) -> list[str]:
+        """The model's own buffers (what ``fit`` learns, registered as ``None``) still unset.
+
+        Sub-modules are left alone: torch's own modules keep optional buffers as ``None`` for good
+        (``nn.InstanceNorm2d`` without running statistics)."""
+        return [name for name, buf in self._buffers.items() if buf is None]
 
 
 def load(path: str | Path, *, device: str | torch.device | None = None) -> AnomalyModel:
@@ -300,7 +299,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None) -> Anoma
     except (RuntimeError, KeyError, TypeError) as err:
         raise AdlearnError(f"{path} ({written_by}) does not hold what a {name} learns: {err}; "
                            "refit and save the model again") from None
-    unset = [key for key, _, _ in model._unset_buffers()]
+    unset = model._unset_buffers()
     lost = [a for a in cls._learned_attrs if not hasattr(model, a)]
     if model.fitted_ and (unset or lost):
         raise AdlearnError(f"{path} ({written_by}) lacks learned state {unset + lost}; refit and save again")

@@ -176,13 +176,6 @@ def residual_channels(unet_channels: Sequence[int], layers_per_block: int) -> li
     return out
 
 
-class InstanceNorm(nn.Module):
-    """``nn.InstanceNorm2d(affine=False)`` without its ``None`` running-statistics buffers (nothing to save)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.instance_norm(x)
-
-
 class SpatialFeatureFusion(nn.Module):
     """SFF: g_{c_j} ← SiLU(g_{c_j} + Σ_i D_ij(g_{f_i})), D_ij = SiLU∘InstanceNorm∘zero-Conv3×3/2.
 
@@ -194,7 +187,7 @@ class SpatialFeatureFusion(nn.Module):
         super().__init__()
         self.down = nn.ModuleList(
             nn.ModuleList(
-                nn.Sequential(self._conv(c_in, c_out, zero_init), InstanceNorm(),
+                nn.Sequential(self._conv(c_in, c_out, zero_init), nn.InstanceNorm2d(c_out),
                               nn.SiLU())
                 for c_in in fine_channels
             )

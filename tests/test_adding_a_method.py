@@ -26,9 +26,7 @@ class PixelGaussian(AnomalyModel):
     name = "PixelGaussian"
     profiles = {"fast": {"sigma": 1.0}, "book": {"sigma": 2.0}}
 
-    def __init__(self, sigma: float = 4.0, min_std: float = 0.01, batch_size: int = 8, *,
-                 device: str | torch.device | None = None) -> None:
-        super().__init__(device=device)
+    def __init__(self, sigma: float = 4.0, min_std: float = 0.01, batch_size: int = 8) -> None:
         self.register_buffer("mean", None)
         self.register_buffer("std", None)
 

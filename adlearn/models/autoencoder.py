@@ -127,10 +127,7 @@ class AutoEncoder(AnomalyModel):
         patience: int | None = None,
         mixed_precision: Precision = "auto",
         seed: int = 0,
-        *,
-        device: str | torch.device | None = None,
     ) -> None:
-        super().__init__(device=device)
         augment = Augment.from_params(augment)
         self.augment = None if augment is None else augment.params()  # plain types: safe to save
 

@@ -5,7 +5,9 @@ A model is a ``torch.nn.Module`` with scikit-learn's shape:
 * ``__init__`` takes hyper-parameters only. This class records them: every argument of a
   subclass's ``__init__`` becomes an attribute of the same name (lists become tuples) and part of
   :meth:`~AnomalyModel.get_params`, and ``_check_params`` validates them once — no method file
-  repeats ``self.x = x`` (diffusers' ``register_to_config``, scikit-learn's ``get_params``);
+  repeats ``self.x = x`` (diffusers' ``register_to_config``, scikit-learn's ``get_params``). It
+  also adds the keyword-only ``device=None`` (CUDA when present, else CPU) to every model's
+  signature and initialises the module before the subclass's body registers its buffers;
 * ``fit(data)`` learns from scratch and returns ``self`` — ``data`` is a Dataset or DataLoader of
   samples (``{"image": float[3,H,W] in [0,1], "label": 0, ...}``), a tensor ``float[N,3,H,W]``,
   or a list of Datasets (one model for several categories); ``warm_start=True`` continues;
@@ -62,7 +64,9 @@ def _plain(value: Any) -> Any:
 
 
 def _recording(init: Callable[..., None]) -> Callable[..., None]:
-    """Wrap a model's ``__init__`` so that its arguments are recorded before its body runs."""
+    """Wrap a model's ``__init__``: initialise the module on ``device``, record the arguments as
+    attributes, run the body (which registers buffers), then validate — once, at the outermost
+    ``__init__`` of the class hierarchy."""
     signature = inspect.signature(init)
     names = tuple(
         p.name for p in signature.parameters.values()
@@ -70,7 +74,7 @@ def _recording(init: Callable[..., None]) -> Callable[..., None]:
     )
 
     @functools.wraps(init)
-    def __init__(self: AnomalyModel, *args: Any, **kwargs: Any) -> None:
+    def __init__(self: AnomalyModel, *args: Any, device: str | torch.device | None = None, **kwargs: Any) -> None:
         try:
             bound = signature.bind(self, *args, **kwargs)
         except TypeError as err:
@@ -79,7 +83,9 @@ def _recording(init: Callable[..., None]) -> Callable[..., None]:
             ) from None
         bound.apply_defaults()
         outermost = "_recording_params" not in self.__dict__
-        self.__dict__["_recording_params"] = True
+        if outermost:
+            AnomalyModel.__init__(self, device=device)
+            self.__dict__["_recording_params"] = True
         for name in names:
             self.__dict__[name] = _plain(bound.arguments[name])
         init(self, *args, **kwargs)
@@ -87,6 +93,11 @@ def _recording(init: Callable[..., None]) -> Callable[..., None]:
             del self.__dict__["_recording_params"]
             self._check_params()
 
+    device = inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation="str | torch.device | None")
+    params = list(signature.parameters.values())
+    at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD), len(params))  # before **kwargs
+    __init__.__signature__ = signature.replace(parameters=[*params[:at], device, *params[at:]])
     __init__._hyper_parameters = names  # type: ignore[attr-defined]
     return __init__
 

@@ -28,8 +28,7 @@ class MeanImage(AnomalyModel):
     name = "MeanImage"
     profiles = {"fast": {"sigma": sigma_for(128)}}
 
-    def __init__(self, sigma: float = 4.0, batch_size: int = 32, *, device: str | torch.device | None = None) -> None:
-        super().__init__(device=device)
+    def __init__(self, sigma: float = 4.0, batch_size: int = 32) -> None:
         self.register_buffer("mean_image", None)
 
     def _fit(self, data: Dataset | DataLoader) -> None:

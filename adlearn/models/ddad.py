@@ -171,10 +171,7 @@ class DDAD(AnomalyModel):
         da_batch_size: int = 16,
         da_layers: tuple[int, ...] = (1, 2, 3),
         seed: int = 42,
-        *,
-        device: str | torch.device | None = None,
     ) -> None:
-        super().__init__(device=device)
         self.denoiser = UNetConfig.from_params(denoiser).params()  # plain types: safe to save
         self.register_buffer("pixel_scale", None)
 

@@ -329,10 +329,7 @@ class DiAD(AnomalyModel):
         pretrained: Pretrained = True,
         sigma: float = 5.0,
         seed: int = 1,
-        *,
-        device: str | torch.device | None = None,
     ) -> None:
-        super().__init__(device=device)
         self.register_buffer("latent_scale", None)
 
     # --- sub-modules ---------------------------------------------------------------------------

@@ -159,10 +159,7 @@ class PaDiM(AnomalyModel):
         pretrained: Pretrained = True,
         seed: int = 1024,
         batch_size: int = 32,
-        *,
-        device: str | torch.device | None = None,
     ) -> None:
-        super().__init__(device=device)
         self.register_buffer("channel_idx", None)
         self.register_buffer("mean", None)
         self.register_buffer("whitening", None)

@@ -99,10 +99,7 @@ class SPADE(AnomalyModel):
         gallery_dtype: str = "float16",
         chunk_size: int = 4096,
         batch_size: int = 32,
-        *,
-        device: str | torch.device | None = None,
     ) -> None:
-        super().__init__(device=device)
         self.register_buffer("global_features", None)
         self.register_buffer("gallery", None)
 

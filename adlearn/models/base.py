@@ -202,6 +202,8 @@ class AnomalyModel(nn.Module):
         size = tuple(images.shape[-2:])
         if fitting:
             self.image_size_ = size
+        elif "image_size_" not in self.__dict__:  # a file of adlearn 0.1 (MeanImage) did not keep it
+            raise AdlearnError(f"this {type(self).__name__} was saved without its training image size: refit it")
         elif size != self.image_size_:
             raise AdlearnError(
                 f"{type(self).__name__} keeps state per pixel position, so it scores images of the size "

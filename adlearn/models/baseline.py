@@ -10,7 +10,6 @@ set before that data set can teach anything.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 

@@ -100,6 +100,8 @@ def test_a_process_killed_mid_save_leaves_the_old_file_loadable(train_images, te
         (lambda c: c["state_dict"].pop("_extra_state"), "does not hold"),
         (lambda c: c["state_dict"].update(unexpected=torch.zeros(1)), "does not hold"),
         (lambda c: c.update(model="NoSuchModel"), "unknown to this adlearn"),
+        (lambda c: c["state_dict"].update(whitening=c["state_dict"]["whitening"][:, :5, :5]), "mis-shaped"),
+        (lambda c: c["state_dict"].update(channel_idx=c["state_dict"]["channel_idx"][:3]), "mis-shaped"),
     ],
 )
 def test_damaged_files_are_clear_errors(padim, tmp_path, edit, fragment) -> None:

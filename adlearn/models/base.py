@@ -260,6 +260,11 @@ class AnomalyModel(nn.Module):
                         "params": self.get_params(), "state_dict": state}, handle)
         return path
 
+    def _learned_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape each learned buffer must have, given the hyper-parameters and the rest of the
+        learned state; :func:`load` checks a file against it (override in a model)."""
+        return {}
+
     @classmethod
     def _upgrade_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         """Hyper-parameters saved by an older adlearn, in today's names (override where they changed)."""
@@ -316,6 +321,11 @@ def load(path: str | Path, *, device: str | torch.device | None = None) -> Anoma
     lost = [a for a in cls._learned_attrs if not hasattr(model, a)]
     if model.fitted_ and (unset or lost):
         raise AdlearnError(f"{path} ({written_by}) lacks learned state {unset + lost}; refit and save again")
+    wrong = {name: (tuple(getattr(model, name).shape), shape) for name, shape in model._learned_shapes().items()
+             if tuple(getattr(model, name).shape) != tuple(shape)}
+    if model.fitted_ and wrong:
+        detail = ", ".join(f"{n} is {got}, expected {want}" for n, (got, want) in wrong.items())
+        raise AdlearnError(f"{path} ({written_by}) holds mis-shaped learned tensors ({detail}); refit and save again")
     model.to(model.device)
     model.eval()
     return model

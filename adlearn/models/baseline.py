@@ -38,6 +38,9 @@ class MeanImage(AnomalyModel):
             count += len(images)
         self.mean_image = total / count
 
+    def _learned_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"mean_image": (3, *self.image_size_)}
+
     def _predict(self, images: Tensor) -> Prediction:
         self._check_image_size(images)
         return anomaly_prediction((images - self.mean_image).abs().mean(1), images.shape[-2:], self.sigma)

@@ -299,6 +299,9 @@ class DDAD(AnomalyModel):
             raise AdlearnError("the reconstructions equal the nominal images exactly: cannot scale i_d")
         return torch.tensor(max_f / max_i, device=self.device)
 
+    def _learned_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"pixel_scale": ()}
+
     # --- conditioned denoising (Section 3.2) ----------------------------------------------------
     def denoise(self, x: Tensor, y: Tensor, w: float, *, seeded: bool = True) -> Tensor:
         """x̂₀: ``x`` (in [-1, 1]) noised to T' and denoised with DDIM, each step conditioned on ``y``.

@@ -168,9 +168,13 @@ class PaDiM(AnomalyModel):
         self._build_feature_extractor(self.layers, load_weights)
 
     # --- the embedding of Section 3.1 --------------------------------------------------------
+    def _dimension(self) -> int:
+        """d, the number of selected channels (the paper's for the backbone when ``d=None``)."""
+        return self.d if self.d is not None else PAPER_D.get(self.backbone.split(".")[0], 100)
+
     def _select_channels(self) -> Tensor:
         total = sum(self.feature_extractor.channels)
-        d = self.d if self.d is not None else PAPER_D.get(self.backbone.split(".")[0], 100)
+        d = self._dimension()
         if not 0 < d <= total:
             raise AdlearnError(f"d={d} must lie in 1..{total} (the channels of layers {self.layers} of {self.backbone})")
         generator = torch.Generator().manual_seed(self.seed)
@@ -216,6 +220,10 @@ class PaDiM(AnomalyModel):
         self.n_train_ = stats.n
         self.mean = stats.mean
         self.whitening = whitening_factor(stats.covariance(self.epsilon))
+
+    def _learned_shapes(self) -> dict[str, tuple[int, ...]]:
+        d, positions = self._dimension(), len(self.mean)
+        return {"channel_idx": (d,), "mean": (positions, d), "whitening": (positions, d, d)}
 
     # --- predict: the Mahalanobis distance of Eq. 2 -------------------------------------------
     def mahalanobis(self, embedding: Tensor) -> Tensor:

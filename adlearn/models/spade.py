@@ -161,6 +161,11 @@ class SPADE(AnomalyModel):
             warnings.warn(f"SPADE: k={self.k} nearest images asked for but only {n} training images given; "
                           f"using all {n} (pass k ≤ {n} to silence this)", UserWarning, stacklevel=3)
 
+    def _learned_shapes(self) -> dict[str, tuple[int, ...]]:
+        n = len(self.global_features)
+        return {"global_features": (n, self.global_features.shape[1]),
+                "gallery": (n, sum(c * h * w for c, h, w in self.feature_shapes_))}
+
     # --- predict: Eq. 1, then Eq. 2 on the retrieved images -----------------------------------
     def retrieve(self, global_feature: Tensor) -> tuple[Tensor, Tensor]:
         """Image-level kNN: distances and indices ``[B, K]`` of the K nearest training images."""

@@ -9,6 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.adlearn-installed
 XDIST  ?= 2
 EXEC   := book_executed
+NB_TIMEOUT ?= 1800# seconds per cell: the book profile trains for minutes; `make test` uses 300
 
 # No network in tests and CI; one thread per notebook kernel (two share the 2 cores).
 OFFLINE_ENV := HF_HUB_OFFLINE=1 ADLEARN_OFFLINE=1 TQDM_DISABLE=1 PYTHONHASHSEED=0 OMP_NUM_THREADS=1
@@ -26,7 +27,7 @@ demo: $(STAMP)
 	$(BIN)/adlearn demo
 
 test: unit
-	$(MAKE) notebooks PROFILE=fast
+	$(MAKE) notebooks PROFILE=fast NB_TIMEOUT=300
 	$(MAKE) book-build
 	$(MAKE) book-checks
 
@@ -45,7 +46,7 @@ unit: $(STAMP)
 notebooks: $(STAMP)
 	rm -rf $(EXEC) && cp -r book $(EXEC)
 	$(OFFLINE_ENV) ADLEARN_PROFILE=$(PROFILE) $(BIN)/python -m pytest -q -n $(XDIST) -p no:cacheprovider \
-		--nbmake --nbmake-timeout=1800 --overwrite $(EXEC)
+		--nbmake --nbmake-timeout=$(NB_TIMEOUT) --overwrite $(EXEC)
 
 book-build: $(STAMP)
 	test -d $(EXEC) || { echo "run 'make notebooks' first"; exit 1; }

@@ -292,8 +292,10 @@ def image_explorer(render: Callable[..., Figure], **sliders):
     out = widgets.Output()
 
     def draw(change=None) -> None:
+        # cleared outside the capture and without wait=True: nbclient (nbmake, the book build)
+        # otherwise waits for the whole cell timeout after a large figure
+        out.clear_output()
         with out:
-            out.clear_output(wait=True)
             render(**{name: s.value for name, s in sliders.items()})
             plt.show()
 

@@ -138,8 +138,8 @@ def _fit(model: AnomalyModel, train: Dataset) -> tuple[float, float]:
 
 
 # --- rows ----------------------------------------------------------------------------------------
-def _key(row: dict[str, Any]) -> tuple:
-    return row["model"], row["category"], row["setting"], row["profile"], row["data"]
+KEY = ("model", "category", "setting", "profile", "data")
+"""The fields that identify a row: ``resume`` skips a (model, category, setting, profile, data) it has."""
 
 
 def _row(model: AnomalyModel, split: Split, setting: str, profile: Profile, data: str, seed: int,
@@ -151,17 +151,9 @@ def _row(model: AnomalyModel, split: Split, setting: str, profile: Profile, data
         "predict_ms_per_image": metrics["predict_ms_per_image"], "fit_peak_mb": fit_peak_mb,
         "n_params": sum(p.numel() for p in model.parameters()),
         "backbone": getattr(model, "backbone", None), "pretrained": getattr(model, "pretrained_", None),
-        "device": str(model.device), "seed": seed, "params": _jsonable(model.get_params()),
+        "device": str(model.device), "seed": seed, "params": model.get_params(),
         "versions": {"adlearn": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
 def _jobs(models: Sequence[str], splits: list[Split], settings: Sequence[str]) -> Iterator[tuple[str, str]]:
@@ -200,7 +192,7 @@ def run_bench(
     out = Path(out)
     previous = load_results(out) if resume and (out / "results.json").is_file() else {"rows": [], "meta": {}}
     rows = previous["rows"]
-    done = {_key(r) for r in rows}
+    done = {tuple(r[k] for k in KEY) for r in rows}
     splits = load_splits(data, categories, cfg.profile, seed)
     meta = {"commands": [*previous["meta"].get("commands", []), command], "profile": cfg.profile.name,
             "seed": seed, "machine": _machine(cfg.device), "threads": torch.get_num_threads()}
@@ -243,7 +235,7 @@ def load_results(out: str | Path) -> dict[str, Any]:
 def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """results.json (everything), results.csv (flat columns) and results.md (tables), atomically."""
     with atomic_write(out / "results.json", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        json.dump({"meta": meta, "rows": rows}, f, indent=1, default=repr)  # tuples → lists, the rest by repr
     flat = ["model", "category", "setting", "profile", "data", *METRICS, *COST, "backbone", "pretrained",
             "device", "seed"]
     buffer = io.StringIO()

@@ -20,11 +20,13 @@ row, so Ctrl-C leaves every finished row intact and ``resume=True`` skips them.
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
 import os
 import platform
+import re
 import resource
 import sys
 import threading
@@ -47,7 +49,7 @@ from .models import REGISTRY, AnomalyModel, build
 from .profiles import Profile
 from .tables import METRICS, format_table, mean_rows
 
-__all__ = ["SETTINGS", "run_bench", "summary_tables", "load_results", "write_results", "PeakMemory",
+__all__ = ["SETTINGS", "parse_model", "run_bench", "summary_tables", "load_results", "write_results", "PeakMemory",
            "format_table", "mean_rows"]
 
 SETTINGS = ("one-class", "multi-class")
@@ -128,6 +130,29 @@ class PeakMemory:
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+def parse_model(spec: str) -> tuple[str, dict[str, Any]]:
+    """A model and changes to its profile settings: ``"SPADE"`` or ``"SPADE:image_score=max,k=20"``.
+
+    Values are Python literals (``k=20``, ``layers=(1,2)``) or else plain strings (``max``).
+    """
+    name, _, changes = spec.partition(":")
+    overrides: dict[str, Any] = {}
+    for change in filter(None, re.split(r",(?=\s*\w+\s*=)", changes)):  # a comma before the next name=
+        key, sep, value = change.partition("=")
+        if not (key and sep and value):
+            raise AdlearnError(f"model {spec!r}: write changes as NAME:param=value[,param=value]")
+        try:
+            overrides[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key.strip()] = value.strip()
+    return name, overrides
+
+
+def _build(spec: str, profile: Profile) -> AnomalyModel:
+    name, overrides = parse_model(spec)
+    return build(name, profile, **overrides)
+
+
 def _fit(model: AnomalyModel, train: Dataset) -> tuple[float, float]:
     """Fit ``model``; returns (seconds, peak memory in MiB)."""
     with PeakMemory(model.device) as memory:
@@ -142,11 +167,11 @@ KEY = ("model", "category", "setting", "profile", "data")
 """The fields that identify a row: ``resume`` skips a (model, category, setting, profile, data) it has."""
 
 
-def _row(model: AnomalyModel, split: Split, setting: str, profile: Profile, data: str, seed: int,
+def _row(spec: str, model: AnomalyModel, split: Split, setting: str, profile: Profile, data: str, seed: int,
          fit_s: float, fit_peak_mb: float) -> dict[str, Any]:
     metrics = evaluate(model, split.test, progress=False)
     return {
-        "model": model.name, "category": split.category, "setting": setting, "profile": profile.name,
+        "model": spec, "category": split.category, "setting": setting, "profile": profile.name,
         "data": data, **{m: metrics.get(m) for m in METRICS}, "fit_s": fit_s,
         "predict_ms_per_image": metrics["predict_ms_per_image"], "fit_peak_mb": fit_peak_mb,
         "n_params": sum(p.numel() for p in model.parameters()),
@@ -182,7 +207,7 @@ def run_bench(
     there and skips what they cover.
     """
     models = list(models or sorted(REGISTRY))
-    unknown = sorted(set(models) - set(REGISTRY))
+    unknown = sorted({parse_model(spec)[0] for spec in models} - set(REGISTRY))
     if unknown:
         raise AdlearnError(f"unknown model(s) {unknown}; registered: {sorted(REGISTRY)}")
     bad = sorted(set(settings) - set(SETTINGS))
@@ -203,15 +228,15 @@ def run_bench(
             continue
         if setting == "one-class":
             for split in todo:
-                model = build(model_name, cfg.profile)
+                model = _build(model_name, cfg.profile)
                 fit_s, peak = _fit(model, split.train)
-                rows.append(_row(model, split, setting, cfg.profile, data, seed, fit_s, peak))
+                rows.append(_row(model_name, model, split, setting, cfg.profile, data, seed, fit_s, peak))
                 write_results(out, rows, meta)
         else:
-            model = build(model_name, cfg.profile)
+            model = _build(model_name, cfg.profile)
             fit_s, peak = _fit(model, ConcatDataset([s.train for s in splits]))
             for split in todo:
-                rows.append(_row(model, split, setting, cfg.profile, data, seed, fit_s, peak))
+                rows.append(_row(model_name, model, split, setting, cfg.profile, data, seed, fit_s, peak))
             write_results(out, rows, meta)
     return rows
 

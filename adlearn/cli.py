@@ -224,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: the size the model was fitted at if it needs one, else the profile's")
 
     bench = command("bench", cmd_bench, "every model on the same data, one-class and multi-class, with its cost")
-    bench.add_argument("--models", nargs="+", default=None, metavar="MODEL", help="default: every registered model")
+    bench.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                       help="default: every registered model; NAME:param=value[,...] changes a profile setting, "
+                            "e.g. SPADE:image_score=max")
     bench.add_argument("--data", default="synthetic",
                        help="'synthetic' (generated), 'elpv' (solar cells, image labels) or a folder in the MVTec AD layout")
     bench.add_argument("--categories", nargs="+", default=None, help="default: the profile's (synthetic) or all")

@@ -80,6 +80,17 @@ def resize(images: Tensor, size: int | tuple[int, int]) -> Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
 
 
+def random_crops(images: Tensor, size: int) -> Tensor:
+    """One random ``size``² crop of each image of ``float[B,C,H,W]`` (offsets from torch's global RNG)."""
+    height, width = images.shape[-2:]
+    if size > min(height, width):
+        raise AdlearnError(f"cannot crop {size}² out of {height}×{width} images; choose a crop ≤ {min(height, width)}")
+    tops = torch.randint(0, height - size + 1, (len(images),)).tolist()
+    lefts = torch.randint(0, width - size + 1, (len(images),)).tolist()
+    return torch.stack([image[:, top : top + size, left : left + size]
+                        for image, top, left in zip(images, tops, lefts)])
+
+
 def ssim_map(x: Tensor, y: Tensor, *, data_range: float = 1.0, sigma: float = 1.5, k1: float = 0.01,
              k2: float = 0.03) -> Tensor:
     """Local structural similarity of ``float[B,C,H,W]`` images, per pixel and channel (Wang et al. 2004).

@@ -72,3 +72,23 @@ def test_bad_requests_are_clear_errors(tmp_path) -> None:
         bench.run_bench(["MeanImage"], profile="fast", settings=["two-class"], out=tmp_path)
     with pytest.raises(AdlearnError, match="MVTec AD layout"):
         bench.run_bench(["MeanImage"], data=str(tmp_path / "missing"), profile="fast", out=tmp_path)
+
+
+def test_a_model_spec_changes_profile_settings() -> None:
+    assert bench.parse_model("SPADE") == ("SPADE", {})
+    assert bench.parse_model("SPADE:image_score=max") == ("SPADE", {"image_score": "max"})
+    assert bench.parse_model("DDAD:layers=(1, 2),w=0") == ("DDAD", {"layers": (1, 2), "w": 0})
+    with pytest.raises(AdlearnError, match="param=value"):
+        bench.parse_model("SPADE:max")
+
+
+def test_a_spec_row_is_its_own_row(tmp_path) -> None:
+    """SPADE's two image scores, side by side: same fit, different image AUROC, same map."""
+    specs = ["SPADE", "SPADE:image_score=max"]
+    rows = bench.run_bench(specs, categories=["fabric"], profile="fast", settings=["one-class"], out=tmp_path)
+    assert [r["model"] for r in rows] == specs
+    assert [r["params"]["image_score"] for r in rows] == ["knn", "max"]
+    assert rows[0]["pixel_auroc"] == rows[1]["pixel_auroc"]
+    again = bench.run_bench(specs, categories=["fabric"], profile="fast", settings=["one-class"], out=tmp_path,
+                            resume=True)
+    assert [(r["model"], r["image_auroc"]) for r in again] == [(r["model"], r["image_auroc"]) for r in rows]

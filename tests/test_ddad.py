@@ -105,6 +105,49 @@ def test_domain_adaptation_changes_and_saves_the_extractor(train_images, test_im
         DDAD(**TINY).adapt_features(train_images, epochs=1)
 
 
+def test_a_denoiser_trained_on_crops_denoises_the_whole_image(train_images, test_images, monkeypatch) -> None:
+    import adlearn.models.ddad as ddad_module
+
+    shapes, real = [], ddad_module.epsilon_loss
+
+    def recording(unet, x0, *args, **kwargs):
+        shapes.append(tuple(x0.shape[-2:]))
+        return real(unet, x0, *args, **kwargs)
+
+    monkeypatch.setattr(ddad_module, "epsilon_loss", recording)
+    cropped = DDAD(**{**TINY, "epochs": 2, "train_crop": 16}).fit(train_images)
+    assert set(shapes) == {(16, 16)}, "the denoiser trains on 16-px crops of the 32-px view"
+    assert cropped.reconstruct(test_images).shape == test_images.shape, "and denoises the whole image"
+
+
+def test_random_crops_are_crops() -> None:
+    from adlearn.ops import random_crops
+
+    images = torch.arange(2 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
+    torch.manual_seed(0)
+    crops = random_crops(images, 3)
+    assert crops.shape == (2, 1, 3, 3)
+    for image, crop in zip(images, crops):
+        top, left = divmod(int(crop[0, 0, 0] - image[0, 0, 0]), 8)
+        assert torch.equal(crop, image[:, top : top + 3, left : left + 3])
+    with pytest.raises(AdlearnError, match="crop"):
+        random_crops(images, 9)
+
+
+def test_the_feature_reference_decides_what_phi_compares(model, test_images) -> None:
+    y = model._denoiser_view(test_images.to(model.device))
+    x0 = model.denoise(y, y, model.w)
+    view_f, view_i, _ = model.distance_maps(test_images, x0)
+    model.feature_reference = "input"
+    try:
+        input_f, input_i, _ = model.distance_maps(test_images, x0)
+    finally:
+        model.feature_reference = "denoiser_view"
+    torch.testing.assert_close(view_i, input_i)  # the pixel distance is always at the denoiser's size
+    assert not torch.allclose(view_f, input_f), "64-px images: the denoiser's 32-px view loses detail"
+    torch.testing.assert_close(model.distance_maps(test_images)[0], view_f)
+
+
 def test_bad_settings_are_clear(train_images) -> None:
     with pytest.raises(AdlearnError, match="test_steps"):
         DDAD(**{**TINY, "test_steps": 1000}).fit(train_images)
@@ -112,6 +155,10 @@ def test_bad_settings_are_clear(train_images) -> None:
         DDAD(**{**TINY, "input_size": 31}).fit(train_images)
     with pytest.raises(AdlearnError, match="not fitted"):
         DDAD(**TINY).reconstruct(train_images[:1])
+    with pytest.raises(AdlearnError, match="train_crop"):
+        DDAD(**{**TINY, "train_crop": 64})
+    with pytest.raises(AdlearnError, match="feature_reference"):
+        DDAD(**{**TINY, "feature_reference": "both"})
 
 
 def test_profiles_build_ddad() -> None:

@@ -89,7 +89,7 @@ from ..diffusion import (
 )
 from ..env import progress_bar
 from ..errors import AdlearnError
-from ..ops import resize, upsample
+from ..ops import random_crops, resize, upsample
 from ..prediction import Prediction, anomaly_prediction
 from ..profiles import sigma_for
 from ..training import Precision, split_validation, train
@@ -99,6 +99,7 @@ __all__ = ["DDAD", "NUM_TRAIN_TIMESTEPS"]
 
 NUM_TRAIN_TIMESTEPS = 1000
 """T, the length of the forward process (DDPM's)."""
+FEATURE_REFERENCES = ("denoiser_view", "input")
 
 
 class DDAD(AnomalyModel):
@@ -106,6 +107,13 @@ class DDAD(AnomalyModel):
 
     Args:
         input_size: side of the square images the denoiser sees (paper: 256 = the image size).
+        train_crop: side of the random square crops of the ``input_size`` view that the denoiser
+            trains on (``None``, the paper: the whole view). The UNet is convolutional, so a
+            denoiser trained on 64-px crops denoises the whole 256-px image at test time: full
+            resolution for the cost of 64-px training steps (an adlearn addition).
+        feature_reference: what φ compares x̂₀ with: ``"denoiser_view"``, y as the denoiser saw it
+            (at ``input_size``, brought back to the image's size, so both carry the same detail),
+            or ``"input"``, y itself. The two differ only when ``input_size`` < the image size.
         denoiser: the UNet's architecture, a :class:`~adlearn.diffusion.UNetConfig` or a dict of
             its fields (paper: 64 channels × (1,1,2,2,4,4), 2 blocks per level, attention at
             levels 3–5 = 32², 16², 8², 4 heads, no dropout: ``UNetConfig()``); stored as a dict.
@@ -148,6 +156,7 @@ class DDAD(AnomalyModel):
     def __init__(
         self,
         input_size: int = 256,
+        train_crop: int | None = None,
         denoiser: UNetConfig | Mapping[str, Any] = UNetConfig(),
         epochs: int = 2000,
         lr: float = 3e-4,
@@ -162,6 +171,7 @@ class DDAD(AnomalyModel):
         v: float = 1.0,
         backbone: str = "wide_resnet101_2.tv_in1k",
         layers: tuple[int, ...] = (2, 3),
+        feature_reference: str = "denoiser_view",
         pretrained: Pretrained = True,
         sigma: float = 4.0,
         da_epochs: int = 4,
@@ -177,6 +187,12 @@ class DDAD(AnomalyModel):
 
     def _check_params(self) -> None:
         UNetConfig(**self.denoiser).check_size(self.input_size)
+        if self.train_crop is not None:
+            if not 0 < self.train_crop <= self.input_size:
+                raise AdlearnError(f"train_crop={self.train_crop} must lie in 1..input_size={self.input_size}")
+            UNetConfig(**self.denoiser).check_size(self.train_crop)
+        if self.feature_reference not in FEATURE_REFERENCES:
+            raise AdlearnError(f"feature_reference must be one of {FEATURE_REFERENCES}, got {self.feature_reference!r}")
         if not 0 < self.test_steps < NUM_TRAIN_TIMESTEPS:
             raise AdlearnError(f"test_steps={self.test_steps} must lie in 1..{NUM_TRAIN_TIMESTEPS - 1} (T = 1000)")
 
@@ -196,7 +212,11 @@ class DDAD(AnomalyModel):
         self.unet = UNetConfig(**self.denoiser).build(self.input_size, seed=self.seed)
         self._build_feature_extractor(self._extractor_layers(), load_weights)
         self.register_buffer("alpha_bar", alpha_bar_table(NUM_TRAIN_TIMESTEPS), persistent=False)  # β 1e-4 → 0.02
-        self.trajectory = ddim_timesteps(self.test_steps, self.skip)
+
+    @property
+    def trajectory(self) -> list[tuple[int, int]]:
+        """The test-time DDIM steps (t, s): T', T'−skip, … > 0 (read from ``test_steps`` and ``skip``)."""
+        return ddim_timesteps(self.test_steps, self.skip)
 
     def features(self, images: Tensor, layers: tuple[int, ...] | None = None,
                  network: nn.Module | None = None) -> list[Tensor]:
@@ -236,8 +256,12 @@ class DDAD(AnomalyModel):
         return self
 
     def denoising_loss(self, unet: nn.Module, images: Tensor) -> Tensor:
-        """The DDPM loss on images in [0,1], at ``input_size`` and in [-1, 1] (summed over pixels)."""
-        return epsilon_loss(unet, self._denoiser_view(images), self.alpha_bar, reduction="sum")
+        """The DDPM loss on images in [0,1], at ``input_size`` (random ``train_crop`` crops of it, if
+        set) and in [-1, 1], summed over pixels."""
+        view = self._denoiser_view(images)
+        if self.train_crop is not None:
+            view = random_crops(view, self.train_crop)
+        return epsilon_loss(unet, view, self.alpha_bar, reduction="sum")
 
     def _adapt(self, train_set: Dataset, epochs: int) -> None:
         """Fine-tune φ̂ (this model's extractor) against a frozen copy φ with L_DA (methods.md §4.5)."""
@@ -309,11 +333,11 @@ class DDAD(AnomalyModel):
         ``seeded``: the noise comes from ``seed`` and is shared by the batch (``predict``);
         otherwise from torch's RNG (domain adaptation).
         """
-        count = 1 + len(self.trajectory)
-        noises = seeded_noise(self.seed, (1, *x.shape[1:]), count, x.device) if seeded else None
-        start = self.trajectory[0][0]
+        trajectory = self.trajectory
+        noises = seeded_noise(self.seed, (1, *x.shape[1:]), 1 + len(trajectory), x.device) if seeded else None
+        start = trajectory[0][0]
         x_t = q_sample(x, start, self.alpha_bar, noises[0] if seeded else torch.randn_like(x))
-        return ddim_sample(lambda x_t, t: self.conditioned_epsilon(x_t, t, y, w), x_t, self.trajectory,
+        return ddim_sample(lambda x_t, t: self.conditioned_epsilon(x_t, t, y, w), x_t, trajectory,
                            self.alpha_bar, self.eta, noises[1:] if seeded else None)
 
     def conditioned_epsilon(self, x_t: Tensor, t: int, y: Tensor, w: float) -> Tensor:
@@ -341,16 +365,18 @@ class DDAD(AnomalyModel):
         return resize(to_unit(x), size)
 
     @torch.no_grad()
-    def distance_maps(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def distance_maps(self, images: Tensor, x0_hat: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Feature distance f_d, pixel distance i_d (``[B,H,W]``) and x̂₀ (``[B,3,H,W]``) of images in [0,1].
 
-        All three at the input's H×W; x̂₀ in [0,1].
+        All three at the input's H×W; x̂₀ in [0,1]. ``x0_hat``: a reconstruction already made by
+        :meth:`denoise` (in [-1, 1], at ``input_size``), to compare it in several ways.
         """
         size = images.shape[-2:]
         y = self._denoiser_view(images)
-        x0_hat = self.denoise(y, y, self.w)
+        x0_hat = self.denoise(y, y, self.w) if x0_hat is None else x0_hat
         pixel = upsample((x0_hat - y).abs().mean(1), size)
-        reconstruction, target = self._backbone_view(x0_hat, size), self._backbone_view(y, size)
+        reconstruction = self._backbone_view(x0_hat, size)
+        target = self._backbone_view(y, size) if self.feature_reference == "denoiser_view" else images
         feature = torch.zeros_like(pixel)
         for f_r, f_y in zip(self.features(reconstruction, self.layers), self.features(target, self.layers)):
             patch_r, patch_y = F.avg_pool2d(f_r, 3, 1, 1), F.avg_pool2d(f_y, 3, 1, 1)  # 3×3 neighbourhood

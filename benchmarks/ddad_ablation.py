@@ -33,6 +33,7 @@ from adlearn.files import atomic_write
 from adlearn.metrics import evaluate, evaluate_maps
 from adlearn.models import DDAD, build
 from adlearn.prediction import anomaly_prediction
+from adlearn.tables import markdown
 from adlearn.env import current_profile
 from adlearn.training import split_validation
 
@@ -145,6 +146,18 @@ def _write(out: Path, rows: list[dict[str, Any]], commands: list[str]) -> None:
               "rows": rows}
     with atomic_write(out, "w") as f:
         json.dump(record, f, indent=1, default=repr)
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """The ablation as one Markdown table: baselines first, then each trained denoiser's rows."""
+    def cell(row: dict[str, Any], key: str, digits: int = 3) -> str:
+        value = row.get(key)
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    body = [[f"{r['data']}/{r['category']}", r["train"], r["test"], cell(r, "image_auroc"), cell(r, "pixel_auroc"),
+             cell(r, "aupro"), cell(r, "fit_s", 0)] for r in rows]
+    return markdown(["data", "model / denoiser trained as", "test-time change", "image AUROC", "pixel AUROC",
+                     "AUPRO", "fit s"], body)
 
 
 def main(argv: list[str] | None = None) -> None:

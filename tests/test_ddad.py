@@ -73,6 +73,13 @@ def test_pixel_scale_is_fixed_from_held_out_nominal_images(model, train_images) 
     _, held_out = split_validation(dataset, model.val_fraction, model.seed)
     feature, pixel, _ = model.distance_maps(train_images[held_out.indices])
     assert model.pixel_scale.item() == pytest.approx((feature.max() / pixel.max()).item(), rel=1e-5)
+    model.pixel_scale_statistic = "mean"
+    try:
+        model.adapt_features(train_images, epochs=0)  # re-fixes s only
+        assert model.pixel_scale.item() == pytest.approx((feature.mean() / pixel.mean()).item(), rel=1e-5)
+    finally:
+        model.pixel_scale_statistic = "max"
+        model.adapt_features(train_images, epochs=0)
 
 
 def test_the_fused_map_follows_the_paper(model, test_images) -> None:
@@ -157,6 +164,8 @@ def test_bad_settings_are_clear(train_images) -> None:
         DDAD(**TINY).reconstruct(train_images[:1])
     with pytest.raises(AdlearnError, match="train_crop"):
         DDAD(**{**TINY, "train_crop": 64})
+    with pytest.raises(AdlearnError, match="pixel_scale_statistic"):
+        DDAD(**{**TINY, "pixel_scale_statistic": "median"})
     with pytest.raises(AdlearnError, match="feature_reference"):
         DDAD(**{**TINY, "feature_reference": "both"})
 

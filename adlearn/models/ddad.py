@@ -127,6 +127,9 @@ class DDAD(AnomalyModel):
         eta: DDIM stochasticity η (paper 1).
         w: conditioning strength at test time (paper default 2; 0 = plain denoising).
         v: weight of the pixel distance in the fused map (paper 1 for MVTec AD).
+        pixel_scale_statistic: how s is fixed on held-out nominal images: ``"max"`` (the official
+            ratio of the maxima, which the official code takes over the test batch) or ``"mean"``
+            (the ratio of the means: on nominal images both terms then weigh the same).
         backbone, layers: the feature extractor and the layers of f_d (paper: WRN101-2, layer2–3).
         pretrained: ImageNet weights: ``True``, ``"auto"`` (loud fallback to random) or ``False``.
         sigma: std (pixels, at the input's resolution) of the Gaussian smoothing of the map.
@@ -169,6 +172,7 @@ class DDAD(AnomalyModel):
         eta: float = 1.0,
         w: float = 2.0,
         v: float = 1.0,
+        pixel_scale_statistic: str = "max",
         backbone: str = "wide_resnet101_2.tv_in1k",
         layers: tuple[int, ...] = (2, 3),
         feature_reference: str = "denoiser_view",
@@ -191,6 +195,8 @@ class DDAD(AnomalyModel):
             if not 0 < self.train_crop <= self.input_size:
                 raise AdlearnError(f"train_crop={self.train_crop} must lie in 1..input_size={self.input_size}")
             UNetConfig(**self.denoiser).check_size(self.train_crop)
+        if self.pixel_scale_statistic not in ("max", "mean"):
+            raise AdlearnError(f"pixel_scale_statistic must be 'max' or 'mean', got {self.pixel_scale_statistic!r}")
         if self.feature_reference not in FEATURE_REFERENCES:
             raise AdlearnError(f"feature_reference must be one of {FEATURE_REFERENCES}, got {self.feature_reference!r}")
         if not 0 < self.test_steps < NUM_TRAIN_TIMESTEPS:
@@ -313,15 +319,19 @@ class DDAD(AnomalyModel):
 
     @torch.no_grad()
     def _pixel_scale(self, nominal: Dataset) -> Tensor:
-        """s = max f_d / max i_d over held-out nominal images: the official batch ratio, fixed once."""
-        max_f, max_i = 0.0, 0.0
+        """s = max f_d / max i_d over held-out nominal images (the official batch ratio, fixed once);
+        with ``pixel_scale_statistic="mean"``, s = mean f_d / mean i_d (both terms equal on average)."""
+        feature_stat, pixel_stat, pixels = 0.0, 0.0, 0
         batches = iter_images(nominal, self.batch_size, self.device)
         for images in progress_bar(batches, desc="DDAD pixel scale", unit="batch", leave=False):
             feature, pixel, _ = self.distance_maps(images)
-            max_f, max_i = max(max_f, feature.max().item()), max(max_i, pixel.max().item())
-        if max_i <= 0:
+            if self.pixel_scale_statistic == "max":
+                feature_stat, pixel_stat = max(feature_stat, feature.max().item()), max(pixel_stat, pixel.max().item())
+            else:
+                feature_stat, pixel_stat = feature_stat + feature.sum().item(), pixel_stat + pixel.sum().item()
+        if pixel_stat <= 0:
             raise AdlearnError("the reconstructions equal the nominal images exactly: cannot scale i_d")
-        return torch.tensor(max_f / max_i, device=self.device)
+        return torch.tensor(feature_stat / pixel_stat, device=self.device)
 
     def _learned_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"pixel_scale": ()}

@@ -33,7 +33,6 @@ from adlearn.files import atomic_write
 from adlearn.metrics import evaluate, evaluate_maps
 from adlearn.models import DDAD, build
 from adlearn.prediction import anomaly_prediction
-from adlearn.tables import markdown
 from adlearn.env import current_profile
 from adlearn.training import split_validation
 
@@ -148,18 +147,6 @@ def _write(out: Path, rows: list[dict[str, Any]], commands: list[str]) -> None:
         json.dump(record, f, indent=1, default=repr)
 
 
-def summary(rows: list[dict[str, Any]]) -> str:
-    """The ablation as one Markdown table: baselines first, then each trained denoiser's rows."""
-    def cell(row: dict[str, Any], key: str, digits: int = 3) -> str:
-        value = row.get(key)
-        return "–" if value is None else f"{value:.{digits}f}"
-
-    body = [[f"{r['data']}/{r['category']}", r["train"], r["test"], cell(r, "image_auroc"), cell(r, "pixel_auroc"),
-             cell(r, "aupro"), cell(r, "fit_s", 0)] for r in rows]
-    return markdown(["data", "model / denoiser trained as", "test-time change", "image AUROC", "pixel AUROC",
-                     "AUPRO", "fit s"], body)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="synthetic", help="synthetic | elpv | an MVTec-layout root")
@@ -180,7 +167,10 @@ def main(argv: list[str] | None = None) -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {"rows": [], "commands": []}
     rows, commands = previous["rows"], previous["commands"]
-    command = "benchmarks/ddad_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if "--cache" in given:  # where fitted denoisers are kept does not change a number
+        del given[given.index("--cache") : given.index("--cache") + 2]
+    command = "python benchmarks/ddad_ablation.py " + " ".join(given)
     commands = [*commands, command] if command not in commands else commands
     done = {tuple(r[k] for k in KEY) for r in rows}
 

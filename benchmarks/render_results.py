@@ -3,8 +3,9 @@
     python benchmarks/render_results.py            # rewrite README.md
     python benchmarks/render_results.py --check    # exit 1 if README.md is out of date (a test runs this)
 
-The numbers come from ``benchmarks/results/bench_book/results.json`` (``adlearn bench``) and
-``benchmarks/results/padim_spade.json`` (``benchmarks/padim_spade.py``), which record the commands
+The numbers come from ``benchmarks/results/bench_book/results.json`` (``adlearn bench``),
+``benchmarks/results/padim_spade.json`` (``benchmarks/padim_spade.py``) and
+``benchmarks/results/ddad_ablation/*.json`` (``benchmarks/ddad_ablation.py``), which record the commands
 that reproduce them; nothing between the README's markers is typed by hand.
 """
 
@@ -48,7 +49,26 @@ def padim_spade_section() -> str:
             f"Reproduce with `{results['meta']['command']}` (anomalib in a separate venv, optional).")
 
 
-SECTIONS = {"results": bench_section, "padim_spade": padim_spade_section}
+README_TESTS = ("-", "as trained", "feature only (v=0)", "pixel only", "s: mean ratio on val")
+"""The ablation rows the README shows (chapter 7 shows them all)."""
+
+
+def ddad_ablation_section() -> str:
+    parts = []
+    for name in ("synthetic", "elpv"):
+        results = load_results(RESULTS / "ddad_ablation" / f"{name}.json")
+        body = [[f"{r['data']}/{r['category']}", r["train"], r["test"],
+                 *("–" if r.get(k) is None else f"{r[k]:.3f}" for k in ("image_auroc", "pixel_auroc", "aupro")),
+                 f"{r['fit_s']:.0f}"] for r in results["rows"] if r["test"] in README_TESTS]
+        header = ["data", "model / DDAD denoiser trained as", "test-time change", "image AUROC", "pixel AUROC",
+                  "AUPRO", "fit s"]
+        commands = "\n".join(results["commands"])
+        parts.append(f"{markdown(header, body)}\n\n```bash\n{commands}\n```")
+    return "\n\n".join(parts) + ("\n\nEvery row (w, T', layers, domain adaptation, …): "
+                                 "[benchmarks/results/ddad_ablation/](benchmarks/results/ddad_ablation/).")
+
+
+SECTIONS = {"results": bench_section, "padim_spade": padim_spade_section, "ddad_ablation": ddad_ablation_section}
 
 
 def render(readme: str) -> str:

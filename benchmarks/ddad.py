@@ -11,12 +11,12 @@ JSON. ``--set DDAD.epochs=100`` overrides a model's profile setting (values are 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 from typing import Any
 
 import adlearn
+from adlearn.bench import parse_model
 from adlearn.cli import fit_and_evaluate
 from adlearn.tables import format_table, mean_rows
 from adlearn.datasets import make_synthetic
@@ -24,18 +24,15 @@ from adlearn.models import REGISTRY
 
 
 def _overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
-    """``["DDAD.epochs=100", ...]`` → ``{"DDAD": {"epochs": 100}}``."""
+    """``["DDAD.epochs=100", ...]`` → ``{"DDAD": {"epochs": 100}}`` (values as ``adlearn bench`` reads them)."""
     out: dict[str, dict[str, Any]] = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
         model, _, param = key.partition(".")
         if not (model and param and value):
             raise SystemExit(f"--set expects MODEL.param=value, got {pair!r}")
-        try:
-            parsed = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parsed = value  # a bare string such as a backbone name
-        out.setdefault(model, {})[param] = parsed
+        name, change = parse_model(f"{model}:{param}={value}")
+        out.setdefault(name, {}).update(change)
     return out
 
 

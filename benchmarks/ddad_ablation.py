@@ -21,14 +21,15 @@ import copy
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 import adlearn
 from adlearn.bench import Split, load_splits
-from adlearn.datasets import ELPV
 from adlearn.files import atomic_write
 from adlearn.metrics import evaluate, evaluate_maps
 from adlearn.models import DDAD, build
@@ -49,13 +50,14 @@ TRAIN: dict[str, dict[str, Any]] = {
     "wide32": {"denoiser": {"base_channels": 32, "channel_mults": (1, 2, 4, 4), "layers_per_block": 1,
                             "attention_levels": (3,)}, "epochs": 100},
 }
-# test-time variants: model attributes to set, plus "scale" (how s is fixed) and "da" (epochs)
+# test-time variants: model attributes to set (a new pixel_scale_statistic re-fixes s on the held-out
+# images), plus "scale": "test_batch" (the official batch ratio) and "da" (epochs)
 TEST: dict[str, dict[str, Any]] = {
     "as trained": {},
     "feature only (v=0)": {"v": 0.0},
     "pixel only": {"v": float("inf")},
     "v=4": {"v": 4.0},
-    "s: mean ratio on val": {"scale": "val_mean"},
+    "s: mean ratio on val": {"pixel_scale_statistic": "mean"},
     "s: test set as one batch (official)": {"scale": "test_batch"},
     "reference: input": {"feature_reference": "input"},
     "layers 1-2": {"layers": (1, 2)},
@@ -73,10 +75,7 @@ KEY = ("data", "category", "train", "test")
 
 
 def _splits(data: str, categories: list[str] | None, n_train: int, n_test: int) -> list[Split]:
-    profile = current_profile()
-    if data == "elpv":  # the held-out protocol's size: 80 nominal training images
-        kwargs = {"image_size": profile.image_size, "n_train": n_train, "n_test": n_test}
-        return [Split("elpv", ELPV("train", **kwargs), ELPV("test", **kwargs))]
+    profile = replace(current_profile(), elpv_n_train=n_train, elpv_n_test=n_test)  # ELPV at the held-out size
     return load_splits(data, categories, profile, seed=0)  # the seed `adlearn bench` uses by default
 
 
@@ -97,7 +96,7 @@ def _distances(model: DDAD, images: torch.Tensor, cache: dict, key: tuple) -> tu
     return torch.cat([f for f, _, _ in pairs]), torch.cat([i for _, i, _ in pairs])
 
 
-def _measure(model: DDAD, change: dict[str, Any], split: Split, test_set: tuple, val: torch.Tensor,
+def _measure(model: DDAD, change: dict[str, Any], test_set: tuple, held_out: Dataset,
              cache: dict) -> dict[str, Any]:
     images, labels, masks = test_set
     saved = {k: getattr(model, k) for k in change if k not in ("scale", "da")}
@@ -108,12 +107,10 @@ def _measure(model: DDAD, change: dict[str, Any], split: Split, test_set: tuple,
         start = time.perf_counter()
         f_d, i_d = _distances(model, images, cache, key)
         seconds = time.perf_counter() - start
-        scale = change.get("scale", "val_max")
-        if scale == "test_batch":
+        if change.get("scale") == "test_batch":
             s = f_d.max() / i_d.max()
-        elif scale == "val_mean":
-            f_v, i_v = _distances(model, val, cache, ("val", *key))
-            s = f_v.mean() / i_v.mean()
+        elif "pixel_scale_statistic" in change:
+            s = model._pixel_scale(held_out).cpu()
         else:
             s = model.pixel_scale.cpu()
         fused = i_d if model.v == float("inf") else f_d + model.v * s * i_d
@@ -197,8 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             if not tests:
                 continue
             model, fit_s = _fit_ddad(name, split, args.cache)
-            _, held_out = split_validation(split.train, model.val_fraction, model.seed)
-            val = torch.stack([held_out[i]["image"] for i in range(len(held_out))])
+            _, held_out = split_validation(split.train, model.val_fraction, model.seed)  # where s is fixed
             cache: dict = {}
             adapted = None
             for test in tests:
@@ -210,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
                         adapted.adapt_features(split.train, change["da"])
                         da_s = time.perf_counter() - start
                     target = adapted
-                row = _measure(target, change, split, test_set, val, cache)
+                row = _measure(target, change, test_set, held_out, cache)
                 add({**base, "train": name, "test": test, "train_change": TRAIN[name], "test_change": change,
                      "fit_s": fit_s + (da_s if change.get("da") else 0.0), **row})
 

@@ -42,6 +42,13 @@ def test_toc_and_notebooks_agree() -> None:
     assert on_disk == listed - pages, f"notebooks not in _toc.yml: {on_disk - listed}; missing: {listed - pages - on_disk}"
 
 
+def test_intro_links_every_chapter() -> None:
+    """The intro's chapter table is the reader's map: every notebook is a link there."""
+    linked = set(re.findall(r"\]\(([^)]+)\.ipynb\)", (BOOK / "intro.md").read_text()))
+    on_disk = {str(p.relative_to(BOOK).with_suffix("")) for p in NOTEBOOKS}
+    assert on_disk <= linked, f"chapters missing from intro.md's table: {sorted(on_disk - linked)}"
+
+
 def test_no_reference_to_developer_notes() -> None:
     """The book cites papers, repositories and issues — never notes a reader does not have."""
     for path in [*NOTEBOOKS, *BOOK.rglob("*.md")]:

@@ -288,7 +288,8 @@ def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def summary_tables(results: dict[str, Any], heading: str = "###") -> str:
     """The mean over categories of every model, one table per (data, setting): what the README
-    and chapter 9 show (``results`` as :func:`load_results` returns it)."""
+    and chapter 9 show (``results`` as :func:`load_results` returns it). Registered models that a
+    table lacks are named under it, so a missing method is never mistaken for a losing one."""
     rows, parts = results["rows"], []
     for data in dict.fromkeys(r["data"] for r in rows):
         for setting in SETTINGS:
@@ -296,5 +297,7 @@ def summary_tables(results: dict[str, Any], heading: str = "###") -> str:
             if mine:
                 categories = ", ".join(dict.fromkeys(r["category"] for r in mine))
                 table = format_table([{**m, "category": categories} for m in mean_rows(mine)])
-                parts.append(f"{heading} {data}, {setting} (mean over: {categories})\n\n{table}\n")
+                absent = sorted(set(REGISTRY) - {parse_model(r["model"])[0] for r in mine})
+                missing = f"\nNot in this run: {', '.join(absent)}.\n" if absent else ""
+                parts.append(f"{heading} {data}, {setting} (mean over: {categories})\n\n{table}\n{missing}")
     return "\n".join(parts)

@@ -40,6 +40,16 @@ def test_every_model_both_settings_three_files(fast_run) -> None:
     assert results["meta"]["commands"][-1].startswith("adlearn --profile fast bench")
 
 
+def test_summary_names_the_models_a_table_lacks(fast_run) -> None:
+    results = json.loads((fast_run / "results.json").read_text())
+    assert "Not in this run" not in bench.summary_tables(results)
+    kept = [r for r in results["rows"] if r["model"] != "DDAD" or r["setting"] == "one-class"]
+    summary = bench.summary_tables({**results, "rows": kept})
+    one_class, multi_class = summary.split("### synthetic, multi-class")
+    assert "Not in this run" not in one_class
+    assert "Not in this run: DDAD." in multi_class
+
+
 def test_resume_skips_finished_rows(tmp_path, monkeypatch) -> None:
     first = bench.run_bench(["MeanImage"], profile="fast", settings=["one-class"], out=tmp_path)
     monkeypatch.setattr(bench, "_fit", lambda *a: pytest.fail("a finished row was fitted again"))

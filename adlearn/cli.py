@@ -11,7 +11,8 @@ Exit codes (also printed by ``adlearn --help``):
   ``adlearn: error: <what is wrong and how to fix it>`` goes to stderr, without a traceback;
 * 2 — bad command-line arguments (argparse's usage error);
 * 130 — interrupted with Ctrl-C (128 + SIGINT, the shell convention). Files being written are
-  left as they were: every file goes through :func:`adlearn.files.atomic_write`.
+  left as they were: every file goes through :func:`adlearn.files.atomic_write`;
+* 141 — the reader of the output went away (``adlearn models | head``; 128 + SIGPIPE), quietly.
 
 Any other exception is a bug in adlearn and keeps its traceback.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,8 @@ EXIT_USAGE = 2
 """Exit code of a command-line usage error (argparse's)."""
 EXIT_INTERRUPTED = 130
 """Exit code after Ctrl-C: 128 + SIGINT."""
+EXIT_BROKEN_PIPE = 141
+"""Exit code when stdout's reader closed the pipe: 128 + SIGPIPE."""
 
 EPILOG = f"""\
 exit codes: 0 success; {EXIT_ERROR} an adlearn error (one line on stderr says what and how to fix it);
@@ -250,6 +254,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("adlearn: interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # Python flushes stdout again at exit, into the closed pipe: point it at /dev/null first
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_BROKEN_PIPE)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -172,6 +173,14 @@ def test_models_lists_the_registry(capsys) -> None:
     code, out, _ = _run(["models"], capsys)
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()] == sorted(REGISTRY)
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """``adlearn models | head -1``: the reader leaves early; no traceback, exit 128 + SIGPIPE."""
+    probe = "import runpy, sys; sys.argv[0] = 'adlearn'; runpy.run_module('adlearn.cli', run_name='__main__')"
+    done = subprocess.run(f"{sys.executable} -c \"{probe}\" models | head -c 1", shell=True,
+                          capture_output=True, text=True, executable="/bin/bash", env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
 
 
 def test_cli_module_runs_as_a_script_and_checks_paths_before_loading_torch(blocker) -> None:

@@ -396,6 +396,29 @@ def test_palette_images_use_their_palette(layout):
     assert torch.allclose(image[:, 0, 0], torch.tensor([200, 100, 50]) / 255)
 
 
+def _sideways(array: np.ndarray, path: Path) -> None:
+    """Save ``array`` as a camera file whose EXIF orientation 6 says: turn 90° clockwise."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, exif=exif)
+
+
+def test_exif_orientation_is_applied_to_images_and_sizes(layout):
+    stored = np.zeros((32, 32, 3), np.uint8)
+    stored[:8, :16] = 255  # a block in the top-left corner: top-right once upright
+    (layout / "widget" / "train" / "good" / "001.png").unlink()
+    (layout / "widget" / "train" / "good" / "000.png").unlink()
+    _sideways(stored, layout / "widget" / "train" / "good" / "000.jpg")
+    image = MVTecAD(layout, "widget", "train", image_size=32)[0]["image"]
+    upright = np.rot90(stored, k=-1)  # clockwise, as a viewer shows it
+    expected = torch.from_numpy(upright / 255).float().permute(2, 0, 1)
+    assert (image - expected).abs().mean() < 0.02  # JPEG is lossy
+    wide = layout / "wide.jpg"
+    _sideways(np.zeros((16, 48, 3), np.uint8), wide)
+    assert _io.read_size(wide) == (16, 48)
+
+
 @pytest.mark.parametrize("name", ["000.jpg", "000.JPEG", "000.bmp", "000.tif"])
 def test_other_image_formats_are_read(layout, name):
     image = _only_train_image(layout, Image.fromarray(_rgb()), name)

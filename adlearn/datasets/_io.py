@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..errors import AdlearnError
 
@@ -114,13 +114,23 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
+_TRANSPOSING = {5, 6, 7, 8}
+"""EXIF orientations that rotate by 90°, swapping width and height."""
+_ORIENTED = {"JPEG", "MPO"}
+"""Camera formats whose EXIF orientation is honoured here: theirs sits in the header, so
+:func:`read_size` stays header-only (a PNG's may follow the pixels; PIL turns TIFFs itself)."""
+
+
 def read_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` of an image from its header only (fast: no pixels are decoded)."""
+    """``(width, height)`` of an image as displayed (after a camera file's EXIF orientation), from
+    its header only (fast: no pixels are decoded)."""
     try:
         with Image.open(path) as im:
-            return im.size
+            width, height = im.size
+            turned = im.format in _ORIENTED and im.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSING
     except _UNREADABLE as err:
         raise _unreadable(path, err) from err
+    return (height, width) if turned else (width, height)
 
 
 def load_image(path: str | Path, image_size: int) -> torch.Tensor:
@@ -219,10 +229,14 @@ def _warn_once(kind: str, message: str) -> None:
 
 
 def _open(path: str | Path) -> Image.Image:
-    """Open and fully decode ``path`` (PIL is lazy: a truncated file fails only on ``load``)."""
+    """Open and fully decode ``path`` (PIL is lazy: a truncated file fails only on ``load``),
+    turned upright as a camera file's EXIF orientation says: a phone photo is stored sideways, and
+    its mask was drawn on the upright view."""
     try:
         im = Image.open(path)
         im.load()
+        if im.format in _ORIENTED:
+            ImageOps.exif_transpose(im, in_place=True)
     except _UNREADABLE as err:
         raise _unreadable(Path(path), err) from err
     return im

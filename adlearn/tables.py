@@ -1,11 +1,12 @@
 """Markdown tables of result rows: the demo, the benchmark, the README and the book all print
-their numbers through these two functions (light: no torch, so the command line stays fast)."""
+their numbers through these functions (light: no torch, so the command line stays fast)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
-__all__ = ["METRICS", "TABLE_COLUMNS", "markdown", "format_table", "mean_rows"]
+__all__ = ["METRICS", "TABLE_COLUMNS", "markdown", "cell", "format_table", "mean_rows"]
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max")
 """Accuracy columns (printed with 3 decimals; cost columns get 1)."""
@@ -20,15 +21,16 @@ def markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
     """A markdown table of ``rows`` (dicts with ``model``, ``category`` and ``columns``)."""
-    body = [[str(row["model"]), str(row["category"]), *(_cell(row.get(c), 3 if c in METRICS else 1) for c in columns)]
+    body = [[str(row["model"]), str(row["category"]), *(cell(row.get(c), 3 if c in METRICS else 1) for c in columns)]
             for row in rows]
     return markdown(["model", "category", *columns], body)
 
 
-def _cell(value: Any, digits: int) -> str:
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return "–" if value is None else str(value)
+def cell(value: Any, digits: int) -> str:
+    """One table cell: a float with ``digits`` decimals, a missing value (None or NaN) as "–"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def mean_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> list[dict[str, Any]]:

@@ -125,13 +125,7 @@ def markdown_table(rows: Sequence[dict], columns: dict[str, str | tuple[str, int
     from IPython.display import Markdown
 
     specs = {key: spec if isinstance(spec, tuple) else (spec, digits) for key, spec in columns.items()}
-
-    def cell(value, places: int) -> str:
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            return "–"
-        return f"{value:.{places}f}" if isinstance(value, float) else str(value)
-
-    body = [[cell(row.get(key), places) for key, (_, places) in specs.items()] for row in rows]
+    body = [[tables.cell(row.get(key), places) for key, (_, places) in specs.items()] for row in rows]
     return Markdown(tables.markdown([header for header, _ in specs.values()], body))
 
 

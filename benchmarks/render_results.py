@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from adlearn.bench import load_results, summary_tables
-from adlearn.tables import markdown
+from adlearn.tables import cell, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -38,7 +38,7 @@ def padim_spade_section() -> str:
     body = []
     for method in dict.fromkeys(r["method"] for r in results["rows"]):
         by_n = {r["n_train"]: r for r in results["rows"] if r["method"] == method}
-        body.append([method, *(" / ".join(f"{by_n[n][key]:.{digits}f}" for n in sizes)
+        body.append([method, *(" / ".join(cell(float(by_n[n][key]), digits) for n in sizes)
                                for key, digits in (("fit_s", 1), ("predict_ms_per_image", 0), ("peak_rss_mib", 0)))])
     header = ["method", *(f"{what} (N = {' / '.join(map(str, sizes))})"
                           for what in ("fit s", "predict ms/image", "peak RSS MiB"))]
@@ -58,8 +58,8 @@ def ddad_ablation_section() -> str:
     for name in ("synthetic", "elpv"):
         results = load_results(RESULTS / "ddad_ablation" / f"{name}.json")
         body = [[f"{r['data']}/{r['category']}", r["train"], r["test"],
-                 *("–" if r.get(k) is None else f"{r[k]:.3f}" for k in ("image_auroc", "pixel_auroc", "aupro")),
-                 f"{r['fit_s']:.0f}"] for r in results["rows"] if r["test"] in README_TESTS]
+                 *(cell(r.get(k), 3) for k in ("image_auroc", "pixel_auroc", "aupro")),
+                 cell(float(r["fit_s"]), 0)] for r in results["rows"] if r["test"] in README_TESTS]
         header = ["data", "model / DDAD denoiser trained as", "test-time change", "image AUROC", "pixel AUROC",
                   "AUPRO", "fit s"]
         commands = "\n".join(results["commands"])

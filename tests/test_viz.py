@@ -78,3 +78,13 @@ def test_committed_results_are_found() -> None:
 def test_markdown_table_per_column_decimals() -> None:
     table = viz.markdown_table([{"t": 7.4111, "a": 0.99681}], {"t": ("fit s", 1), "a": "AUROC"})
     assert table.data.splitlines()[-1] == "| 7.4 | 0.997 |"
+
+
+def test_benchmark_tables_and_book_tables_mark_missing_values_alike() -> None:
+    from adlearn.tables import format_table
+
+    rows = [{"model": "DDAD", "category": "elpv", "image_auroc": 0.75, "pixel_auroc": float("nan"), "aupro": None}]
+    table = format_table(rows, ("image_auroc", "pixel_auroc", "aupro"))
+    book = viz.markdown_table(rows, {"image_auroc": "image", "pixel_auroc": "pixel", "aupro": "aupro"})
+    assert table.splitlines()[-1] == "| DDAD | elpv | 0.750 | – | – |"
+    assert book.data.splitlines()[-1] == "| 0.750 | – | – |"

@@ -176,7 +176,7 @@ def _row(spec: str, model: AnomalyModel, split: Split, setting: str, profile: Pr
         "predict_ms_per_image": metrics["predict_ms_per_image"], "fit_peak_mb": fit_peak_mb,
         "n_params": sum(p.numel() for p in model.parameters()),
         "backbone": getattr(model, "backbone", None), "pretrained": getattr(model, "pretrained_", None),
-        "device": str(model.device), "seed": seed, "params": model.get_params(),
+        "device": str(model.device), "machine": _machine(model.device), "seed": seed, "params": model.get_params(),
         "versions": {"adlearn": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
 
@@ -242,8 +242,23 @@ def run_bench(
 
 
 def _machine(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {name}"
+    """The OS, the CPU with the instruction set torch's kernels dispatch to, and the GPU.
+
+    A trained model's metrics repeat exactly only on the same kind of CPU (or GPU): float
+    rounding in training follows the kernels' instruction set, and training amplifies it.
+    """
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
+    return (f"{platform.system()} {platform.machine()}, {_cpu_model()}, {os.cpu_count()} cores, "
+            f"{torch.backends.cpu.get_cpu_capability()}, {gpu}")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or "CPU"
 
 
 # --- results files -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from adlearn import bench
 from adlearn.errors import AdlearnError
@@ -33,6 +34,8 @@ def test_every_model_both_settings_three_files(fast_run) -> None:
             assert isinstance(row[metric], float) and 0 <= row[metric] <= 1, (row["model"], metric, row[metric])
         assert row["fit_s"] > 0 and row["predict_ms_per_image"] > 0 and row["n_params"] >= 0
         assert row["params"] and row["versions"]["torch"] and row["device"] == "cpu"
+        assert row["machine"] == results["meta"]["machine"]
+    assert torch.backends.cpu.get_cpu_capability() in results["meta"]["machine"]  # what float rounding follows
     with open(fast_run / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     markdown = (fast_run / "results.md").read_text()

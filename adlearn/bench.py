@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import functools
 import io
 import json
 import os
@@ -241,6 +242,7 @@ def run_bench(
     return rows
 
 
+@functools.lru_cache(maxsize=None)  # fixed for the process; every row asks for it
 def _machine(device: torch.device) -> str:
     """The OS, the CPU with the instruction set torch's kernels dispatch to, and the GPU.
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from adlearn import viz
+from adlearn.tables import format_table
 
 
 @pytest.fixture(autouse=True)
@@ -81,8 +82,6 @@ def test_markdown_table_per_column_decimals() -> None:
 
 
 def test_benchmark_tables_and_book_tables_mark_missing_values_alike() -> None:
-    from adlearn.tables import format_table
-
     rows = [{"model": "DDAD", "category": "elpv", "image_auroc": 0.75, "pixel_auroc": float("nan"), "aupro": None}]
     table = format_table(rows, ("image_auroc", "pixel_auroc", "aupro"))
     book = viz.markdown_table(rows, {"image_auroc": "image", "pixel_auroc": "pixel", "aupro": "aupro"})

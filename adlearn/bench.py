@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import ast
 import csv
+import ctypes
 import functools
+import gc
 import io
 import json
 import os
@@ -92,7 +94,12 @@ def load_splits(data: str, categories: Sequence[str] | None, profile: Profile, s
 # --- cost ----------------------------------------------------------------------------------------
 class PeakMemory:
     """Peak memory of a block above its start: CUDA's allocator on a GPU, else the resident set
-    size sampled every 5 ms from ``/proc`` (the lifetime ``ru_maxrss`` where ``/proc`` is missing)."""
+    size sampled every 5 ms from ``/proc`` (the lifetime ``ru_maxrss`` where ``/proc`` is missing).
+
+    On a CPU the start is read after handing memory that earlier work freed back to the system
+    (glibc's ``malloc_trim``): otherwise the block reuses it without growing the resident set, and
+    a fit after a larger one reads close to zero.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.peak_mb = device, 0.0
@@ -103,6 +110,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
             return self
+        _release_freed_memory()
         self._start = self._rss()
         self._peak = self._start
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -129,6 +137,15 @@ class PeakMemory:
         except OSError:
             scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _release_freed_memory() -> None:
+    """Return freed heap memory to the system where the C library can (glibc); elsewhere a no-op."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, Windows, musl)
+        pass
 
 
 def parse_model(spec: str) -> tuple[str, dict[str, Any]]:

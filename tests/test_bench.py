@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -105,3 +106,17 @@ def test_a_spec_row_is_its_own_row(tmp_path) -> None:
     again = bench.run_bench(specs, categories=["fabric"], profile="fast", settings=["one-class"], out=tmp_path,
                             resume=True)
     assert [(r["model"], r["image_auroc"]) for r in again] == [(r["model"], r["image_auroc"]) for r in rows]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the resident set is read from /proc on Linux")
+def test_peak_memory_counts_a_block_that_reuses_freed_memory() -> None:
+    """Memory that an earlier fit freed below a live allocation stays in the heap; a block that
+    reuses it did not grow the resident set and read ≈ 0 MiB. The start is now taken after that
+    memory went back to the system, so the block reads its real size."""
+    chunks = [torch.ones(64, 64, 4) for _ in range(1500)]  # 64 KiB each: on the heap, not mmap-ed
+    pin = torch.ones(64, 64, 4)  # above them: the freed chunks cannot be trimmed off the top
+    del chunks
+    with bench.PeakMemory(torch.device("cpu")) as memory:
+        again = [torch.ones(64, 64, 4) for _ in range(1500)]  # ≈ 94 MiB
+    assert memory.peak_mb > 60, memory.peak_mb
+    assert len(again) == 1500 and pin.sum() > 0

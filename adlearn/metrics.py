@@ -5,6 +5,8 @@ Image level (one score per test image, the model's ``score``):
 * :func:`image_auroc`: area under the ROC curve. Tied scores count half (Mann-Whitney U with
   average ranks), which is what ``sklearn.metrics.roc_auc_score`` computes.
 * :func:`image_f1_max`: the best F1 over all thresholds.
+* :func:`auroc_standard_error`: how far an AUROC on this many images can move by chance
+  (Hanley and McNeil, 1982): read a difference between two rows against it.
 
 Pixel level (one anomaly map per test image, at the resolution of the ground-truth masks):
 
@@ -49,7 +51,7 @@ from .env import progress_bar
 from .errors import AdlearnError
 
 __all__ = [
-    "image_auroc", "pixel_auroc", "roc_curve", "f1_max", "image_f1_max", "pixel_f1_max",
+    "image_auroc", "auroc_standard_error", "pixel_auroc", "roc_curve", "f1_max", "image_f1_max", "pixel_f1_max",
     "aupro", "pro_curve", "aupro_rd4ad", "evaluate_maps", "evaluate",
 ]
 
@@ -321,6 +323,23 @@ def image_auroc(scores: Any, labels: Any) -> float:
     returned as it is: the scores rank anomalies *below* nominal images.
     """
     return _auroc(*_validated(scores, labels, "image AUROC", _IMAGES))
+
+
+def auroc_standard_error(auroc: float, n_anomalous: int, n_nominal: int) -> float:
+    """Standard error of an AUROC measured on ``n_anomalous`` and ``n_nominal`` test images.
+
+    Hanley and McNeil (1982, Radiology 143, Eq. 1): SE² = [A(1−A) + (n_A−1)(Q₁−A²) + (n_N−1)(Q₂−A²)]
+    / (n_A·n_N), with Q₁ = A/(2−A) and Q₂ = 2A²/(1+A). Two AUROCs on the same test set that differ
+    by less than about two of these are not told apart by it.
+    """
+    if not 0 <= auroc <= 1:
+        raise AdlearnError(f"an AUROC lies in [0, 1], got {auroc}")
+    if n_anomalous < 1 or n_nominal < 1:
+        raise AdlearnError(f"need ≥ 1 anomalous and ≥ 1 nominal image, got {n_anomalous} and {n_nominal}")
+    q1, q2 = auroc / (2 - auroc), 2 * auroc**2 / (1 + auroc)
+    variance = (auroc * (1 - auroc) + (n_anomalous - 1) * (q1 - auroc**2)
+                + (n_nominal - 1) * (q2 - auroc**2)) / (n_anomalous * n_nominal)
+    return float(max(variance, 0.0) ** 0.5)
 
 
 def pixel_auroc(maps: Any, masks: Any) -> float:

@@ -542,3 +542,24 @@ def test_memory_of_pixel_metrics_on_300_maps_of_256():
     assert result["auroc"] == pytest.approx(0.5, abs=0.01)
     assert result["aupro"] == pytest.approx(0.15, abs=0.01)
     assert result["growth"] < 300e6, f"peak RSS grew by {result['growth'] / 1e6:.0f} MB"
+
+
+def test_auroc_standard_error_matches_the_closed_form_and_the_spread_of_resampled_aurocs() -> None:
+    # A = 0.5, 50 + 50 images: Q1 = Q2 = 1/3, SE² = (1/4 + 2·49·(1/3 − 1/4)) / 2500
+    assert metrics.auroc_standard_error(0.5, 50, 50) == pytest.approx(((0.25 + 98 / 12) / 2500) ** 0.5)
+    assert metrics.auroc_standard_error(1.0, 10, 10) == 0.0
+    assert metrics.auroc_standard_error(0.75, 200, 200) < metrics.auroc_standard_error(0.75, 20, 20)
+    # Hanley and McNeil derive it for exponential scores: nominal ~ Exp(1), anomalous ~ Exp(1/3) → A = 0.75
+    rng = np.random.default_rng(0)
+    n_anomalous, n_nominal, repeats = 30, 50, 4000
+    anomalous = rng.exponential(3.0, (repeats, n_anomalous, 1))
+    nominal = rng.exponential(1.0, (repeats, 1, n_nominal))
+    aurocs = (anomalous > nominal).mean(axis=(1, 2))
+    assert aurocs.mean() == pytest.approx(0.75, abs=0.01)
+    assert metrics.auroc_standard_error(0.75, n_anomalous, n_nominal) == pytest.approx(aurocs.std(), rel=0.1)
+
+
+@pytest.mark.parametrize("args", [(1.2, 10, 10), (0.7, 0, 10), (0.7, 10, 0)])
+def test_auroc_standard_error_rejects_impossible_inputs(args) -> None:
+    with pytest.raises(AdlearnError):
+        metrics.auroc_standard_error(*args)

@@ -65,7 +65,7 @@ def main() -> None:
     per_epoch = len(loader)
     parts = {
         "load and decode one epoch of images": seconds(lambda: [b for b in loader], 2),
-        "resize to the denoiser's size, per epoch": per_epoch * seconds(lambda: model._denoiser_view(batch), 20),
+        "resize to the denoiser's size, per epoch": per_epoch * seconds(lambda: model.denoiser_view(batch), 20),
         "UNet steps (forward, backward, Adam), per epoch": per_epoch * seconds(step, args.steps),
         "validation loss, per epoch": seconds(validate, 2),
     }

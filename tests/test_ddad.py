@@ -142,7 +142,7 @@ def test_random_crops_are_crops() -> None:
 
 
 def test_the_feature_reference_decides_what_phi_compares(model, test_images) -> None:
-    y = model._denoiser_view(test_images.to(model.device))
+    y = model.denoiser_view(test_images.to(model.device))
     x0 = model.denoise(y, y, model.w)
     view_f, view_i, _ = model.distance_maps(test_images, x0)
     model.feature_reference = "input"

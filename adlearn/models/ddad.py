@@ -258,13 +258,13 @@ class DDAD(AnomalyModel):
         train_set, held_out = split_validation(data, self.val_fraction, self.seed)  # the split train() makes
         if epochs > 0:
             self._adapt(train_set, epochs)
-        self.pixel_scale = self._pixel_scale(held_out if held_out is not None else train_set)
+        self.pixel_scale = self.estimate_pixel_scale(held_out if held_out is not None else train_set)
         return self
 
     def denoising_loss(self, unet: nn.Module, images: Tensor) -> Tensor:
         """The DDPM loss on images in [0,1], at ``input_size`` (random ``train_crop`` crops of it, if
         set) and in [-1, 1], summed over pixels."""
-        view = self._denoiser_view(images)
+        view = self.denoiser_view(images)
         if self.train_crop is not None:
             view = random_crops(view, self.train_crop)
         return epsilon_loss(unet, view, self.alpha_bar, reduction="sum")
@@ -301,8 +301,8 @@ class DDAD(AnomalyModel):
         if half == 0:
             raise AdlearnError("a domain-adaptation batch needs ≥ 2 images; raise da_batch_size")
         size = images.shape[-2:]
-        y = self._denoiser_view(images[:half])
-        x = self._denoiser_view(images[half : 2 * half])
+        y = self.denoiser_view(images[:half])
+        x = self.denoiser_view(images[half : 2 * half])
         with torch.no_grad():
             x0_hat = self.denoise(x, y, self.w_da, seeded=False)
         pair = torch.cat([self._backbone_view(x0_hat, size), self._backbone_view(y, size)])
@@ -318,10 +318,14 @@ class DDAD(AnomalyModel):
         return loss
 
     @torch.no_grad()
-    def _pixel_scale(self, nominal: Dataset) -> Tensor:
-        """s = max f_d / max i_d over held-out nominal images (the official batch ratio, fixed once);
-        with ``pixel_scale_statistic="mean"``, s = mean f_d / mean i_d (both terms equal on average)."""
-        feature_stat, pixel_stat, pixels = 0.0, 0.0, 0
+    def estimate_pixel_scale(self, nominal: Dataset) -> Tensor:
+        """s = max f_d / max i_d over ``nominal`` images (the official batch ratio, fixed once);
+        with ``pixel_scale_statistic="mean"``, s = mean f_d / mean i_d (both terms equal on average).
+
+        Returns s under the current settings and leaves ``pixel_scale`` as it is: ``fit`` (through
+        :meth:`adapt_features`) stores it, measured on the held-out training images.
+        """
+        feature_stat, pixel_stat = 0.0, 0.0
         batches = iter_images(nominal, self.batch_size, self.device)
         for images in progress_bar(batches, desc="DDAD pixel scale", unit="batch", leave=False):
             feature, pixel, _ = self.distance_maps(images)
@@ -362,11 +366,11 @@ class DDAD(AnomalyModel):
         """The conditioned reconstruction of images in [0,1] (``w=0``: unconditioned), at their H×W."""
         self._check_fitted()
         images = images.to(self.device)
-        y = self._denoiser_view(images)
+        y = self.denoiser_view(images)
         return resize(to_unit(self.denoise(y, y, self.w if w is None else w)), images.shape[-2:]).clamp(0, 1)
 
     # --- the anomaly map (Section 3.3) ----------------------------------------------------------
-    def _denoiser_view(self, images: Tensor) -> Tensor:
+    def denoiser_view(self, images: Tensor) -> Tensor:
         """Images in [0,1] as the denoiser sees them: at ``input_size``, in [-1, 1]."""
         return to_signed(resize(images, self.input_size))
 
@@ -382,7 +386,7 @@ class DDAD(AnomalyModel):
         :meth:`denoise` (in [-1, 1], at ``input_size``), to compare it in several ways.
         """
         size = images.shape[-2:]
-        y = self._denoiser_view(images)
+        y = self.denoiser_view(images)
         x0_hat = self.denoise(y, y, self.w) if x0_hat is None else x0_hat
         pixel = upsample((x0_hat - y).abs().mean(1), size)
         reconstruction = self._backbone_view(x0_hat, size)

@@ -34,7 +34,7 @@ from .env import progress_bar, seeded
 from .errors import AdlearnError
 from .batches import check_images, images_of
 
-__all__ = ["History", "train", "split_validation", "make_accelerator"]
+__all__ = ["History", "train", "split_validation", "steps_per_epoch", "make_accelerator"]
 
 LossFn = Callable[[nn.Module, Tensor], Tensor]
 Precision = Literal["auto", "no", "fp16", "bf16"]
@@ -84,6 +84,20 @@ def split_validation(data: Dataset, fraction: float, seed: int) -> tuple[Dataset
         return data, None
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
     return Subset(data, order[n_val:]), Subset(data, order[:n_val])
+
+
+def steps_per_epoch(data: Dataset | DataLoader | Tensor, batch_size: int, val_fraction: float, seed: int) -> int:
+    """The optimiser steps one epoch of :func:`train` takes on ``data`` (per process): a DataLoader's
+    length, else the batches of the training part left by :func:`split_validation`."""
+    if isinstance(data, DataLoader):
+        return len(data)
+    train_set, _ = split_validation(data, val_fraction, seed)
+    return len(train_set) // batch_size if _drops_last(len(train_set), batch_size) else 1
+
+
+def _drops_last(n_images: int, batch_size: int) -> bool:
+    """A last, smaller batch is dropped unless it would be the only one."""
+    return n_images > batch_size
 
 
 def _precision(mixed_precision: Precision, device: torch.device) -> torch.dtype | None:
@@ -167,7 +181,8 @@ def train(
         loader, val_loader = data, None
     else:
         train_set, val_set = split_validation(data, val_fraction, seed)
-        loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) > batch_size)
+        loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
+                            drop_last=_drops_last(len(train_set), batch_size))
         val_loader = DataLoader(val_set, batch_size=batch_size) if val_set is not None else None
     opt = _optimizer(optimizer, [p for p in network.parameters() if p.requires_grad], lr, weight_decay)
     wrapped, opt, loader = accelerator.prepare(network, opt, loader)

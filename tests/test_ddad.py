@@ -127,6 +127,19 @@ def test_a_denoiser_trained_on_crops_denoises_the_whole_image(train_images, test
     assert cropped.reconstruct(test_images).shape == test_images.shape, "and denoises the whole image"
 
 
+def test_max_steps_cuts_the_epochs_not_the_steps_per_epoch() -> None:
+    from adlearn.training import steps_per_epoch
+
+    images = nominal_images(32, size=32, seed=5)  # 29 after the validation split: 3 batches of 8
+    assert steps_per_epoch(images, 8, 0.1, 42) == 3
+    capped = DDAD(**{**TINY, "epochs": 40, "max_steps": 10})
+    assert capped.epochs_for(images) == 3, "whole epochs, at most max_steps steps"
+    assert DDAD(**{**TINY, "epochs": 2, "max_steps": 10_000}).epochs_for(images) == 2, "epochs still caps"
+    assert DDAD(**{**TINY, "max_steps": 1}).epochs_for(images) == 1, "at least one epoch"
+    assert capped.epochs_for(torch.cat([images, images])) == 1, "twice the images, fewer epochs, same budget"
+    assert len(capped.fit(images).train_loss_) == 3
+
+
 def test_random_crops_are_crops() -> None:
     from adlearn.ops import random_crops
 
@@ -168,6 +181,8 @@ def test_bad_settings_are_clear(train_images) -> None:
         DDAD(**{**TINY, "pixel_scale_statistic": "median"})
     with pytest.raises(AdlearnError, match="feature_reference"):
         DDAD(**{**TINY, "feature_reference": "both"})
+    with pytest.raises(AdlearnError, match="max_steps"):
+        DDAD(**{**TINY, "max_steps": 0})
 
 
 def test_profiles_build_ddad() -> None:

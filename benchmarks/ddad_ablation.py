@@ -45,7 +45,7 @@ from adlearn.training import split_validation
 TRAIN: dict[str, dict[str, Any]] = {
     "book": {},
     "epochs100": {"epochs": 100},
-    "epochs75": {"epochs": 75},  # on 300 ELPV images: the ≈ 1200 optimiser steps `book` takes on 80
+    "epochs75": {"epochs": 75},  # on 300 ELPV images the ≈ 1200 steps of `book` on 80 (what max_steps gives)
     "size128": {"input_size": 128, "epochs": 100},
     "crop64": {"input_size": 256, "train_crop": 64},
     "crop64_at128": {"input_size": 128, "train_crop": 64},

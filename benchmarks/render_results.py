@@ -25,11 +25,19 @@ RESULTS = ROOT / "benchmarks" / "results"
 def bench_section() -> str:
     results = load_results(RESULTS / "bench_book" / "results.json")
     commands = "\n".join(results["meta"]["commands"])
-    return (f"{summary_tables(results)}\nReproduce with (machine: {results['meta']['machine']}, "
-            f"{results['meta']['threads']} thread):\n\n```bash\n{commands}\n```\n\n"
+    return (f"{summary_tables(results)}\nReproduce with ({results['meta']['threads']} thread; each row "
+            f"records its machine: {_machines(results['rows'])}):\n\n```bash\n{commands}\n```\n\n"
             "Every row, per category, with `get_params()`, versions and memory: "
             "[results.md](benchmarks/results/bench_book/results.md), "
             "[results.json](benchmarks/results/bench_book/results.json).")
+
+
+def _machines(rows: list[dict]) -> str:
+    """Each machine of the run with the models whose rows it produced."""
+    models: dict[str, dict[str, None]] = {}
+    for row in rows:
+        models.setdefault(row["machine"], {})[row["model"]] = None
+    return "; ".join(f"{machine} — {', '.join(names)}" for machine, names in models.items())
 
 
 def padim_spade_section() -> str:

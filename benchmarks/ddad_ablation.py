@@ -46,14 +46,14 @@ TRAIN: dict[str, dict[str, Any]] = {
     "book": {},
     "epochs100": {"epochs": 100},
     "epochs75": {"epochs": 75},  # on 300 ELPV images the ≈ 1200 steps of `book` on 80 (what max_steps gives)
-    "size128": {"input_size": 128, "epochs": 100},
+    "size128": {"input_size": 128, "epochs": 100},  # max_steps still caps: 300 images get 75 epochs
     "crop64": {"input_size": 256, "train_crop": 64},
     "crop64_at128": {"input_size": 128, "train_crop": 64},
     "crop64_noattn": {"input_size": 256, "train_crop": 64,
                       "denoiser": {"base_channels": 16, "channel_mults": (1, 2, 4, 4), "layers_per_block": 1,
                                    "attention_levels": ()}},
     "wide32": {"denoiser": {"base_channels": 32, "channel_mults": (1, 2, 4, 4), "layers_per_block": 1,
-                            "attention_levels": (3,)}, "epochs": 100},
+                            "attention_levels": (3,)}, "epochs": 100},  # 4x the UNet; max_steps caps as above
 }
 # test-time variants: model attributes to set (a new pixel_scale_statistic re-fixes s on the held-out
 # images), plus "scale": "test_batch" (the official batch ratio) and "da" (epochs)
@@ -145,7 +145,7 @@ def _measure(model: DDAD, change: dict[str, Any], test_set: tuple, held_out: Dat
 
 def _fit_ddad(name: str, split: Split, cache_dir: Path) -> tuple[DDAD, float]:
     profile = current_profile().name
-    path = cache_dir / f"DDAD_{profile}_{split.category}_{name}.pt"
+    path = cache_dir / f"DDAD_{profile}_{split.category}_{len(split.train)}_{name}.pt"  # ELPV comes in 2 sizes
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
         return adlearn.load(path), json.loads(meta.read_text())["fit_s"]

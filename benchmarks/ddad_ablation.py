@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -54,6 +55,8 @@ TRAIN: dict[str, dict[str, Any]] = {
                                    "attention_levels": ()}},
     "wide32": {"denoiser": {"base_channels": 32, "channel_mults": (1, 2, 4, 4), "layers_per_block": 1,
                             "attention_levels": (3,)}, "epochs": 100},  # 4x the UNet; max_steps caps as above
+    "epochs75_seed1": {"epochs": 75, "seed": 1},  # epochs75 again from another seed: how far seeds alone move it
+    "steps2400": {"max_steps": 2400},  # twice the book profile's optimiser steps
 }
 # test-time variants: model attributes to set (a new pixel_scale_statistic re-fixes s on the held-out
 # images), plus "scale": "test_batch" (the official batch ratio) and "da" (epochs)
@@ -74,8 +77,14 @@ TEST: dict[str, dict[str, Any]] = {
     "T'=150": {"test_steps": 150},
     "T'=400": {"test_steps": 400},
     "DA 2 epochs": {"da": 2},
+    "eta=0 (deterministic DDIM)": {"eta": 0.0},
+    "maps averaged over 4 noise draws": {"draws": 4},
+    "score: mean of the top 1 % of the map": {"score": "top1pct"},
+    "layer 3, maps averaged over 4 draws": {"layers": (3,), "draws": 4},
 }
-CHEAP = [name for name, change in TEST.items() if not {"w", "test_steps", "da"} & change.keys()]
+NEW_RECONSTRUCTION = {"w", "test_steps", "da", "eta", "draws"}
+CHEAP = [name for name, change in TEST.items() if not NEW_RECONSTRUCTION & change.keys()]
+NOT_ATTRIBUTES = ("scale", "da", "draws", "score")
 KEY = ("data", "category", "train", "test")
 
 
@@ -110,23 +119,45 @@ def _test_images(test: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | 
 
 @torch.no_grad()
 def _distances(model: DDAD, images: torch.Tensor, cache: dict, key: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """f_d and i_d of ``images`` under the model's current settings; x̂₀ is cached per (w, T', DA)."""
+    """f_d and i_d of ``images`` under the model's current settings; x̂₀ is cached per (w, T', DA, η, seed)."""
     if key not in cache:
         cache[key] = torch.cat([model.denoise(y, y, model.w) for y in model.denoiser_view(images).split(16)])
     pairs = [model.distance_maps(x, x0) for x, x0 in zip(images.split(16), cache[key].split(16))]
     return torch.cat([f for f, _, _ in pairs]), torch.cat([i for _, i, _ in pairs])
 
 
+def _averaged_distances(model: DDAD, images: torch.Tensor, cache: dict, key: tuple,
+                        draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """f_d and i_d averaged over ``draws`` sampling-noise sequences (seeds seed, seed+1, ...)."""
+    seed, totals = model.seed, None
+    try:
+        for draw in range(draws):
+            model.seed = seed + draw
+            maps = _distances(model, images, cache, (*key, model.seed))
+            totals = maps if totals is None else tuple(t + m for t, m in zip(totals, maps))
+    finally:
+        model.seed = seed
+    return totals[0] / draws, totals[1] / draws
+
+
+def _image_score(anomaly_map: torch.Tensor, rule: str) -> torch.Tensor:
+    """The image score: the map's maximum (adlearn's protocol) or the mean of its top 1 %."""
+    if rule == "max":
+        return anomaly_map.amax(dim=(1, 2))
+    flat = anomaly_map.flatten(1)
+    return flat.topk(max(1, flat.shape[1] // 100), dim=1).values.mean(1)
+
+
 def _measure(model: DDAD, change: dict[str, Any], test_set: tuple, held_out: Dataset,
              cache: dict) -> dict[str, Any]:
     images, labels, masks = test_set
-    saved = {k: getattr(model, k) for k in change if k not in ("scale", "da")}
+    saved = {k: getattr(model, k) for k in change if k not in NOT_ATTRIBUTES}
     for k in saved:
         setattr(model, k, change[k])
     try:
-        key = (model.w, model.test_steps, change.get("da", 0))
+        key = (model.w, model.test_steps, change.get("da", 0), model.eta)
         start = time.perf_counter()
-        f_d, i_d = _distances(model, images, cache, key)
+        f_d, i_d = _averaged_distances(model, images, cache, key, change.get("draws", 1))
         seconds = time.perf_counter() - start
         if change.get("scale") == "test_batch":
             s = f_d.max() / i_d.max()
@@ -136,11 +167,18 @@ def _measure(model: DDAD, change: dict[str, Any], test_set: tuple, held_out: Dat
             s = model.pixel_scale.cpu()
         fused = i_d if model.v == float("inf") else f_d + model.v * s * i_d
         prediction = anomaly_prediction(fused, images.shape[-2:], model.sigma)
+        prediction.score = _image_score(prediction.anomaly_map, change.get("score", "max"))
     finally:
         for k, value in saved.items():
             setattr(model, k, value)
     metrics = evaluate_maps(prediction.score, labels, prediction.anomaly_map if masks is not None else None, masks)
     return {**metrics, "maps_s": seconds, "pixel_scale": float(s)}
+
+
+def _chosen_tests(chosen: list[str]) -> list[str]:
+    """The test rows ``--tests`` names, in TEST's order ("as trained" first)."""
+    wanted = set(TEST if "all" in chosen else CHEAP if "cheap" in chosen else ()) | set(chosen)
+    return [name for name in TEST if name in wanted]
 
 
 def _fit_ddad(name: str, split: Split, cache_dir: Path) -> tuple[DDAD, float]:
@@ -170,8 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default="synthetic", help="synthetic | elpv | an MVTec-layout root")
     parser.add_argument("--categories", nargs="*", default=None)
     parser.add_argument("--train", nargs="*", default=["book"], choices=sorted(TRAIN))
-    parser.add_argument("--tests", choices=("all", "cheap"), default="all",
-                        help="cheap: only the rows that reuse the trained settings' reconstruction")
+    parser.add_argument("--tests", nargs="+", default=["all"], choices=("all", "cheap", *TEST),
+                        help="all, cheap (only the rows that reuse the trained settings' reconstruction) "
+                             "or test names")
     parser.add_argument("--reference", nargs="*", default=[], help="baselines fitted on the same split")
     parser.add_argument("--view-sizes", nargs="*", type=int, default=[],
                         help="also fit the --reference models on the images seen at these sizes")
@@ -190,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     given = list(sys.argv[1:] if argv is None else argv)
     if "--cache" in given:  # where fitted denoisers are kept does not change a number
         del given[given.index("--cache") : given.index("--cache") + 2]
-    command = "python benchmarks/ddad_ablation.py " + " ".join(given)
+    command = "python benchmarks/ddad_ablation.py " + shlex.join(given)
     commands = [*commands, command] if command not in commands else commands
     done = {tuple(r[k] for k in KEY) for r in rows}
 
@@ -217,8 +256,7 @@ def main(argv: list[str] | None = None) -> None:
                 add({**base, "train": name, "test": view, "fit_s": fit_s,
                      **evaluate(model, test_set_view, progress=False)})
         for name in args.train:
-            tests = [t for t in (TEST if args.tests == "all" else CHEAP) if (args.data, split.category, name, t)
-                     not in done]
+            tests = [t for t in _chosen_tests(args.tests) if (args.data, split.category, name, t) not in done]
             if not tests:
                 continue
             model, fit_s = _fit_ddad(name, split, args.cache)

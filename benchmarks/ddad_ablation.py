@@ -140,10 +140,8 @@ def _averaged_distances(model: DDAD, images: torch.Tensor, cache: dict, key: tup
     return totals[0] / draws, totals[1] / draws
 
 
-def _image_score(anomaly_map: torch.Tensor, rule: str) -> torch.Tensor:
-    """The image score: the map's maximum (adlearn's protocol) or the mean of its top 1 %."""
-    if rule == "max":
-        return anomaly_map.amax(dim=(1, 2))
+def _top_percent_score(anomaly_map: torch.Tensor) -> torch.Tensor:
+    """An image score other than adlearn's maximum: the mean of the map's top 1 %."""
     flat = anomaly_map.flatten(1)
     return flat.topk(max(1, flat.shape[1] // 100), dim=1).values.mean(1)
 
@@ -167,7 +165,8 @@ def _measure(model: DDAD, change: dict[str, Any], test_set: tuple, held_out: Dat
             s = model.pixel_scale.cpu()
         fused = i_d if model.v == float("inf") else f_d + model.v * s * i_d
         prediction = anomaly_prediction(fused, images.shape[-2:], model.sigma)
-        prediction.score = _image_score(prediction.anomaly_map, change.get("score", "max"))
+        if change.get("score") == "top1pct":
+            prediction.score = _top_percent_score(prediction.anomaly_map)
     finally:
         for k, value in saved.items():
             setattr(model, k, value)

@@ -110,10 +110,12 @@ class ContractSuite:
 
     def test_prediction_does_not_depend_on_the_batch(self, fitted, test_images) -> None:
         together = fitted.predict(test_images)
+        scale = max(1.0, together.anomaly_map.abs().max().item())  # maps come in each model's units (z-scores…)
         for i in range(len(test_images)):
             alone = fitted.predict(test_images[i : i + 1])
-            torch.testing.assert_close(alone.score, together.score[i : i + 1], rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(alone.anomaly_map, together.anomaly_map[i : i + 1], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(alone.score, together.score[i : i + 1], rtol=1e-4, atol=1e-5 * scale)
+            torch.testing.assert_close(alone.anomaly_map, together.anomaly_map[i : i + 1], rtol=1e-4,
+                                       atol=1e-5 * scale)
 
     def test_defects_score_higher(self, fitted, test_images) -> None:
         score = fitted.predict(test_images).score

@@ -88,6 +88,47 @@ def test_the_fused_map_follows_the_paper(model, test_images) -> None:
     torch.testing.assert_close(model.predict(test_images).anomaly_map, expected)
 
 
+def test_the_standardised_map_is_a_per_pixel_z_score_over_the_training_images(model, train_images,
+                                                                               test_images) -> None:
+    """standardize: A = blur((f_d + v·s·i_d − μ) / σ̃), μ and σ per pixel over every training image."""
+    fused = model.fused_map(train_images)[0]
+    mean, std = fused.mean(0), fused.std(0)
+    model.standardize = True
+    try:
+        model.adapt_features(train_images, epochs=0)
+        torch.testing.assert_close(model.map_statistics, torch.stack([mean, std]), rtol=1e-4, atol=1e-6)
+        z = (model.fused_map(test_images)[0] - mean) / (std + 1e-3 * std.mean())
+        expected = adlearn.ops.gaussian_blur(z, model.sigma)
+        torch.testing.assert_close(model.predict(test_images).anomaly_map, expected, rtol=1e-4, atol=1e-4)
+        with pytest.raises(AdlearnError, match="size it was fitted on"):
+            model.predict(nominal_images(2, size=48))
+        with pytest.raises(AdlearnError, match="≥ 2 nominal"):
+            model.estimate_map_statistics(train_images[:1])
+    finally:
+        model.standardize = False
+        model.adapt_features(train_images, epochs=0)
+
+
+def test_standardising_without_map_statistics_is_a_clear_error(model, test_images) -> None:
+    model.standardize = True
+    try:
+        with pytest.raises(AdlearnError, match="adapt_features"):
+            model.predict(test_images)
+    finally:
+        model.standardize = False
+
+
+def test_a_file_from_before_standardize_loads_unstandardised(model, test_images, tmp_path) -> None:
+    path = model.save(tmp_path / "ddad.pt")
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["state_dict"]["map_statistics"], ckpt["params"]["standardize"]
+    torch.save(ckpt, path)
+    restored = adlearn.load(path)
+    assert not restored.standardize and restored.map_statistics.numel() == 0
+    scores = restored.predict(test_images).score
+    torch.testing.assert_close(scores, model.predict(test_images).score, rtol=0, atol=0)
+
+
 def test_maps_come_back_at_the_input_size(model) -> None:
     images = nominal_images(2, size=48)
     assert model.predict(images).anomaly_map.shape == (2, 48, 48)

@@ -270,6 +270,11 @@ class AnomalyModel(nn.Module):
         """Hyper-parameters saved by an older adlearn, in today's names (override where they changed)."""
         return params
 
+    @classmethod
+    def _upgrade_state(cls, state: dict[str, Any]) -> dict[str, Any]:
+        """A state dict saved by an older adlearn, with what it lacks filled in (override where it grew)."""
+        return state
+
     def _materialise_buffers(self, state_dict: dict[str, Any]) -> None:
         """Give the learned buffers that are ``None`` until ``fit`` the shape stored in ``state_dict``."""
         for name in self._unset_buffers():
@@ -309,7 +314,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None) -> Anoma
     except AdlearnError as err:
         raise AdlearnError(f"{path} ({written_by}) has hyper-parameters this {name} does not take: {err}; "
                            "refit and save the model with this version") from None
-    state = ckpt["state_dict"]
+    state = cls._upgrade_state(dict(ckpt["state_dict"]))
     model._ensure_built(load_weights=False)
     model._materialise_buffers(state)
     try:

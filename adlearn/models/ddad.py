@@ -164,7 +164,8 @@ class DDAD(AnomalyModel):
                  "backbone": "tf_efficientnet_lite0", "pretrained": "auto", "sigma": sigma_for(128),
                  "da_epochs": 0, "standardize": True},
         # a 1.2 M-parameter UNet denoising at 64 px (maps come back at 256 px), 1200 optimiser steps
-        # (300 epochs of 80 images; 300 images get 75 epochs, not a 4× longer fit); ≈ 10 min per category.
+        # (300 epochs of 80 images; 300 images get 75 epochs, not a 4× longer fit);
+        # ≈ 15 min per category on a 2-core CPU.
         # No domain adaptation: at this budget 2 epochs of it cost 0.17 image AUROC on 300 ELPV cells
         # (benchmarks/results/ddad_ablation/elpv300.json), 0.07 on the capsule, and moved 80 ELPV
         # cells by 0.01. The map standardised per pixel: on the same denoisers it lifted the image AUROC

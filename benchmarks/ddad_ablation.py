@@ -83,6 +83,15 @@ TEST: dict[str, dict[str, Any]] = {
     "score: mean of the top 1 % of the map": {"score": "top1pct"},
     "layer 3, maps averaged over 4 draws": {"layers": (3,), "draws": 4},
     "map standardised per pixel (on the training images)": {"standardize": True},
+    "standardised, feature only (v=0)": {"standardize": True, "v": 0.0},
+    "standardised, v=4": {"standardize": True, "v": 4.0},
+    "standardised, reference: input": {"standardize": True, "feature_reference": "input"},
+    "standardised, layers 1-3": {"standardize": True, "layers": (1, 2, 3)},
+    "standardised, layer 3": {"standardize": True, "layers": (3,)},
+    "standardised, score: mean of the top 1 %": {"standardize": True, "score": "top1pct"},
+    "standardised, T'=150": {"standardize": True, "test_steps": 150},
+    "standardised, w=1": {"standardize": True, "w": 1.0},
+    "standardised, w=0": {"standardize": True, "w": 0.0},
 }
 NEW_RECONSTRUCTION = {"w", "test_steps", "da", "eta", "draws"}
 CHEAP = [name for name, change in TEST.items() if not NEW_RECONSTRUCTION & change.keys()]

@@ -88,6 +88,8 @@ TEST: dict[str, dict[str, Any]] = {
     "standardised, reference: input": {"standardize": True, "feature_reference": "input"},
     "standardised, layers 1-3": {"standardize": True, "layers": (1, 2, 3)},
     "standardised, layer 3": {"standardize": True, "layers": (3,)},
+    "standardised, layer 4": {"standardize": True, "layers": (4,)},  # stride 32: beyond the extractor's layers
+    "standardised, layers 3-4": {"standardize": True, "layers": (3, 4)},
     "standardised, score: mean of the top 1 %": {"standardize": True, "score": "top1pct"},
     "standardised, T'=150": {"standardize": True, "test_steps": 150},
     "standardised, w=1": {"standardize": True, "w": 1.0},
@@ -161,8 +163,12 @@ def _measure(model: DDAD, change: dict[str, Any], test_set: tuple, train: Datase
              cache: dict) -> dict[str, Any]:
     images, labels, masks = test_set
     saved = {k: getattr(model, k) for k in change if k not in NOT_ATTRIBUTES}
+    extractor, layers = model.feature_extractor, model._extractor_layers()
     for k in saved:
         setattr(model, k, change[k])
+    if model._extractor_layers() != layers:  # a layer the fitted extractor does not return
+        model._build_feature_extractor(model._extractor_layers(), load_weights=True)
+        model.feature_extractor.to(model.device)
     try:
         key = (model.w, model.test_steps, change.get("da", 0), model.eta)
         start = time.perf_counter()
@@ -184,6 +190,7 @@ def _measure(model: DDAD, change: dict[str, Any], test_set: tuple, train: Datase
     finally:
         for k, value in saved.items():
             setattr(model, k, value)
+        model.feature_extractor = extractor
     metrics = evaluate_maps(prediction.score, labels, prediction.anomaly_map if masks is not None else None, masks)
     return {**metrics, "maps_s": seconds, "pixel_scale": float(s)}
 

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 import adlearn
+from adlearn.batches import iter_images
 from adlearn.bench import Split, load_splits
 from adlearn.files import atomic_write
 from adlearn.metrics import evaluate, evaluate_maps
@@ -90,14 +91,17 @@ TEST: dict[str, dict[str, Any]] = {
     "standardised, layer 3": {"standardize": True, "layers": (3,)},
     "standardised, layer 4": {"standardize": True, "layers": (4,)},  # stride 32: beyond the extractor's layers
     "standardised, layers 3-4": {"standardize": True, "layers": (3, 4)},
+    # no denoiser at all: x̂₀ is the mean of the training images' 64-px views; how much the UNet adds
+    "no denoiser (x̂₀ = the mean training view)": {"x0": "mean training view"},
+    "standardised, no denoiser (x̂₀ = the mean training view)": {"standardize": True, "x0": "mean training view"},
     "standardised, score: mean of the top 1 %": {"standardize": True, "score": "top1pct"},
     "standardised, T'=150": {"standardize": True, "test_steps": 150},
     "standardised, w=1": {"standardize": True, "w": 1.0},
     "standardised, w=0": {"standardize": True, "w": 0.0},
 }
-NEW_RECONSTRUCTION = {"w", "test_steps", "da", "eta", "draws"}
+NEW_RECONSTRUCTION = {"w", "test_steps", "da", "eta", "draws", "x0"}
 CHEAP = [name for name, change in TEST.items() if not NEW_RECONSTRUCTION & change.keys()]
-NOT_ATTRIBUTES = ("scale", "da", "draws", "score")
+NOT_ATTRIBUTES = ("scale", "da", "draws", "score", "x0")
 KEY = ("data", "category", "train", "test")
 
 
@@ -153,6 +157,12 @@ def _averaged_distances(model: DDAD, images: torch.Tensor, cache: dict, key: tup
     return totals[0] / draws, totals[1] / draws
 
 
+def _mean_view(model: DDAD, train: Dataset) -> torch.Tensor:
+    """The mean of the training images as the denoiser sees them (``[1,3,h,w]``, in [-1, 1])."""
+    views = [model.denoiser_view(images) for images in iter_images(train, 16, model.device)]
+    return torch.cat(views).mean(0, keepdim=True)
+
+
 def _top_percent_score(anomaly_map: torch.Tensor) -> torch.Tensor:
     """An image score other than adlearn's maximum: the mean of the map's top 1 %."""
     flat = anomaly_map.flatten(1)
@@ -170,7 +180,10 @@ def _measure(model: DDAD, change: dict[str, Any], test_set: tuple, train: Datase
         model._build_feature_extractor(model._extractor_layers(), load_weights=True)
         model.feature_extractor.to(model.device)
     try:
-        key = (model.w, model.test_steps, change.get("da", 0), model.eta)
+        if change.get("x0") == "mean training view":  # every map below, the statistics' too, uses it
+            mean_view = _mean_view(model, train)
+            model.denoise = lambda x, y, w, **_: mean_view.expand_as(x)
+        key = (model.w, model.test_steps, change.get("da", 0), model.eta, change.get("x0"))
         start = time.perf_counter()
         f_d, i_d = _averaged_distances(model, images, cache, key, change.get("draws", 1))
         seconds = time.perf_counter() - start
@@ -191,6 +204,7 @@ def _measure(model: DDAD, change: dict[str, Any], test_set: tuple, train: Datase
         for k, value in saved.items():
             setattr(model, k, value)
         model.feature_extractor = extractor
+        model.__dict__.pop("denoise", None)
     metrics = evaluate_maps(prediction.score, labels, prediction.anomaly_map if masks is not None else None, masks)
     return {**metrics, "maps_s": seconds, "pixel_scale": float(s)}
 

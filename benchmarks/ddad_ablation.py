@@ -94,6 +94,7 @@ TEST: dict[str, dict[str, Any]] = {
     # no denoiser at all: x̂₀ is the mean of the training images' 64-px views; how much the UNet adds
     "no denoiser (x̂₀ = the mean training view)": {"x0": "mean training view"},
     "standardised, no denoiser (x̂₀ = the mean training view)": {"standardize": True, "x0": "mean training view"},
+    "standardised, layer 3, no denoiser": {"standardize": True, "layers": (3,), "x0": "mean training view"},
     "standardised, score: mean of the top 1 %": {"standardize": True, "score": "top1pct"},
     "standardised, T'=150": {"standardize": True, "test_steps": 150},
     "standardised, w=1": {"standardize": True, "w": 1.0},

@@ -59,7 +59,8 @@ def padim_spade_section() -> str:
 
 README_TESTS = ("-", "as trained", "feature only (v=0)", "pixel only", "s: mean ratio on val",
                 "map standardised per pixel (on the training images)", "standardised, layer 3",
-                "standardised, w=1", "standardised, no denoiser (x̂₀ = the mean training view)")
+                "standardised, w=1", "standardised, no denoiser (x̂₀ = the mean training view)",
+                "standardised, layer 3, no denoiser")
 """The ablation rows the README shows, with the baselines' rows at each view size (chapter 7 shows them all)."""
 ABLATIONS = ("synthetic", "elpv", "elpv300")
 """benchmarks/results/ddad_ablation/NAME.json: ELPV with 80 and with 300 training images."""

@@ -91,7 +91,7 @@ TEST: dict[str, dict[str, Any]] = {
     "standardised, layer 3": {"standardize": True, "layers": (3,)},
     "standardised, layer 4": {"standardize": True, "layers": (4,)},  # stride 32: beyond the extractor's layers
     "standardised, layers 3-4": {"standardize": True, "layers": (3, 4)},
-    # no denoiser at all: x̂₀ is the mean of the training images' 64-px views; how much the UNet adds
+    # no denoiser at all: x̂₀ is the mean of the training images' views at input_size; how much the UNet adds
     "no denoiser (x̂₀ = the mean training view)": {"x0": "mean training view"},
     "standardised, no denoiser (x̂₀ = the mean training view)": {"standardize": True, "x0": "mean training view"},
     "standardised, layer 3, no denoiser": {"standardize": True, "layers": (3,), "x0": "mean training view"},
@@ -175,12 +175,12 @@ def _measure(model: DDAD, change: dict[str, Any], test_set: tuple, train: Datase
     images, labels, masks = test_set
     saved = {k: getattr(model, k) for k in change if k not in NOT_ATTRIBUTES}
     extractor, layers = model.feature_extractor, model._extractor_layers()
-    for k in saved:
-        setattr(model, k, change[k])
-    if model._extractor_layers() != layers:  # a layer the fitted extractor does not return
-        model._build_feature_extractor(model._extractor_layers(), load_weights=True)
-        model.feature_extractor.to(model.device)
     try:
+        for k in saved:
+            setattr(model, k, change[k])
+        if model._extractor_layers() != layers:  # a layer the fitted extractor does not return
+            model._build_feature_extractor(model._extractor_layers(), load_weights=True)
+            model.feature_extractor.to(model.device)
         if change.get("x0") == "mean training view":  # every map below, the statistics' too, uses it
             mean_view = _mean_view(model, train)
             model.denoise = lambda x, y, w, **_: mean_view.expand_as(x)

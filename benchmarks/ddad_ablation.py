@@ -11,7 +11,8 @@ baselines (AutoEncoder, PaDiM; book profile) on the same split; ``--view-sizes 6
 again on images seen through the denoiser's view (shrunk to that size and brought back, as
 ``DDAD.denoiser_view`` and the backbone see them): what a method *could* find at that
 resolution, whatever the denoiser does. Rows are appended to ``--out``
-(rewritten atomically after every model), and a row already there is not measured again.
+(rewritten atomically after every model), and a row already there is not measured again;
+``--keep-scores`` stores each row's image scores too, for ``benchmarks/paired_auroc.py``.
 
 The test-time rows are chosen on *test* images here, by design: they say which knob matters on
 these data sets; the profile built from them must then hold on data it was not chosen on.
@@ -97,6 +98,7 @@ TEST: dict[str, dict[str, Any]] = {
     "standardised, layer 3, no denoiser": {"standardize": True, "layers": (3,), "x0": "mean training view"},
     "standardised, score: mean of the top 1 %": {"standardize": True, "score": "top1pct"},
     "standardised, T'=150": {"standardize": True, "test_steps": 150},
+    "standardised, T'=400": {"standardize": True, "test_steps": 400},
     "standardised, w=1": {"standardize": True, "w": 1.0},
     "standardised, w=0": {"standardize": True, "w": 0.0},
 }
@@ -138,10 +140,11 @@ def _test_images(test: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | 
 @torch.no_grad()
 def _distances(model: DDAD, images: torch.Tensor, cache: dict, key: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     """f_d and i_d of ``images`` under the model's current settings; x̂₀ is cached per (w, T', DA, η, seed)."""
+    batches = [x.to(model.device) for x in images.split(model.batch_size)]
     if key not in cache:
-        cache[key] = torch.cat([model.denoise(y, y, model.w) for y in model.denoiser_view(images).split(16)])
-    pairs = [model.distance_maps(x, x0) for x, x0 in zip(images.split(16), cache[key].split(16))]
-    return torch.cat([f for f, _, _ in pairs]), torch.cat([i for _, i, _ in pairs])
+        cache[key] = [model.denoise(y, y, model.w) for y in map(model.denoiser_view, batches)]
+    pairs = [model.distance_maps(x, x0) for x, x0 in zip(batches, cache[key])]
+    return torch.cat([f.cpu() for f, _, _ in pairs]), torch.cat([i.cpu() for _, i, _ in pairs])
 
 
 def _averaged_distances(model: DDAD, images: torch.Tensor, cache: dict, key: tuple,
@@ -160,7 +163,7 @@ def _averaged_distances(model: DDAD, images: torch.Tensor, cache: dict, key: tup
 
 def _mean_view(model: DDAD, train: Dataset) -> torch.Tensor:
     """The mean of the training images as the denoiser sees them (``[1,3,h,w]``, in [-1, 1])."""
-    views = [model.denoiser_view(images) for images in iter_images(train, 16, model.device)]
+    views = [model.denoiser_view(images) for images in iter_images(train, model.batch_size, model.device)]
     return torch.cat(views).mean(0, keepdim=True)
 
 
@@ -207,7 +210,7 @@ def _measure(model: DDAD, change: dict[str, Any], test_set: tuple, train: Datase
         model.feature_extractor = extractor
         model.__dict__.pop("denoise", None)
     metrics = evaluate_maps(prediction.score, labels, prediction.anomaly_map if masks is not None else None, masks)
-    return {**metrics, "maps_s": seconds, "pixel_scale": float(s)}
+    return {**metrics, "maps_s": seconds, "pixel_scale": float(s), "scores": prediction.score.tolist()}
 
 
 def _chosen_tests(chosen: list[str]) -> list[str]:
@@ -231,6 +234,12 @@ def _fit_ddad(name: str, split: Split, cache_dir: Path) -> tuple[DDAD, float]:
     return model, fit_s
 
 
+@torch.no_grad()
+def _scores(model: Any, images: torch.Tensor) -> list[float]:
+    """A fitted reference model's image scores, in the test set's order (for paired comparisons)."""
+    return model.predict(images).score.cpu().tolist()
+
+
 def _write(out: Path, rows: list[dict[str, Any]], commands: list[str]) -> None:
     record = {"what": __doc__.split("\n\n")[0], "threads": torch.get_num_threads(), "commands": commands,
               "rows": rows}
@@ -249,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference", nargs="*", default=[], help="baselines fitted on the same split")
     parser.add_argument("--view-sizes", nargs="*", type=int, default=[],
                         help="also fit the --reference models on the images seen at these sizes")
+    parser.add_argument("--keep-scores", action="store_true",
+                        help="store every row's image scores and labels (benchmarks/paired_auroc.py pairs them)")
     parser.add_argument("--elpv-train", type=int, default=80)
     parser.add_argument("--elpv-test", type=int, default=120)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ddad_ablation.json"))
@@ -269,6 +280,10 @@ def main(argv: list[str] | None = None) -> None:
     done = {tuple(r[k] for k in KEY) for r in rows}
 
     def add(row: dict[str, Any]) -> None:
+        if args.keep_scores:
+            row["labels"] = test_set[1].tolist()
+        else:
+            del row["scores"]
         rows.append(row)
         _write(args.out, rows, commands)
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
@@ -288,8 +303,9 @@ def main(argv: list[str] | None = None) -> None:
                 start = time.perf_counter()
                 model.fit(train_set)
                 fit_s = time.perf_counter() - start
+                scores = _scores(model, _test_images(test_set_view)[0])
                 add({**base, "train": name, "test": view, "fit_s": fit_s,
-                     **evaluate(model, test_set_view, progress=False)})
+                     **evaluate(model, test_set_view, progress=False), "scores": scores})
         for name in args.train:
             tests = [t for t in _chosen_tests(args.tests) if (args.data, split.category, name, t) not in done]
             if not tests:

@@ -5,7 +5,8 @@
 
 The numbers come from ``benchmarks/results/bench_book/results.json`` (``adlearn bench``),
 ``benchmarks/results/padim_spade.json`` (``benchmarks/padim_spade.py``) and
-``benchmarks/results/ddad_ablation/*.json`` (``benchmarks/ddad_ablation.py``), which record the commands
+``benchmarks/results/ddad_ablation/*.json`` (``benchmarks/ddad_ablation.py`` and, for the ``_paired``
+files, ``benchmarks/paired_auroc.py``), which record the commands
 that reproduce them; nothing between the README's markers is typed by hand.
 """
 
@@ -66,6 +67,22 @@ ABLATIONS = ("synthetic", "elpv", "elpv300")
 """benchmarks/results/ddad_ablation/NAME.json: ELPV with 80 and with 300 training images."""
 
 
+PAIRED = ("synthetic", "elpv300")
+"""benchmarks/results/ddad_ablation/NAME_paired.json (``benchmarks/paired_auroc.py``)."""
+
+
+def paired_section(name: str) -> str:
+    """DDAD's rows against the baselines and its no-denoiser control on the same test images."""
+    results = load_results(RESULTS / "ddad_ablation" / f"{name}_paired.json")
+    body = [[f"{r['data']}/{r['category']}", r["train"], r["test"], r["against"], cell(r["auroc_a"], 3),
+             cell(r["auroc_b"], 3), f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+             f"{r['p']:.3f}"] for r in results["rows"]]
+    header = ["data", "DDAD denoiser", "test-time change", "against", "DDAD", "other", "difference [95 % CI]", "p"]
+    return (f"Paired on the same test images (DeLong's test, `adlearn.metrics.paired_auroc_difference`):\n\n"
+            f"{markdown(header, body)}\n\n```bash\n" + "\n".join([*results["scores_from"], results["command"]])
+            + "\n```")
+
+
 def ddad_ablation_section() -> str:
     parts = []
     for name in ABLATIONS:
@@ -78,6 +95,8 @@ def ddad_ablation_section() -> str:
                   "AUPRO", "fit s"]
         commands = "\n".join(results["commands"])
         parts.append(f"{markdown(header, body)}\n\n```bash\n{commands}\n```")
+        if name in PAIRED:
+            parts.append(paired_section(name))
     return "\n\n".join(parts) + ("\n\nEvery row (w, T', layers, domain adaptation, …): "
                                  "[benchmarks/results/ddad_ablation/](benchmarks/results/ddad_ablation/).")
 

@@ -563,3 +563,54 @@ def test_auroc_standard_error_matches_the_closed_form_and_the_spread_of_resample
 def test_auroc_standard_error_rejects_impossible_inputs(args) -> None:
     with pytest.raises(AdlearnError):
         metrics.auroc_standard_error(*args)
+
+
+def _brute_force_delong(a: np.ndarray, b: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """DeLong's paired variance from its definition: ψ(X, Y) = 1, ½ or 0 over every (anomalous, nominal) pair."""
+    def placements(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        psi = (s[y][:, None] > s[~y][None]) + 0.5 * (s[y][:, None] == s[~y][None])
+        return psi.mean(1), psi.mean(0)
+
+    (v10_a, v01_a), (v10_b, v01_b) = placements(a), placements(b)
+    d10, d01 = v10_a - v10_b, v01_a - v01_b
+    return float(d10.mean()), float((d10.var(ddof=1) / len(d10) + d01.var(ddof=1) / len(d01)) ** 0.5)
+
+
+def test_paired_auroc_difference_matches_the_definition_sklearn_and_the_bootstrap() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.random(200) < 0.4
+    shared = rng.normal(size=200)  # both models find the same images hard: correlated errors
+    a = np.round(shared + rng.normal(size=200) + 1.2 * y, 1)  # rounded: ties must count half
+    b = np.round(shared + rng.normal(size=200) + 0.8 * y, 1)
+    result = metrics.paired_auroc_difference(a, b, y)
+    assert result["auroc_a"] == pytest.approx(roc_auc_score(y, a))
+    assert result["auroc_b"] == pytest.approx(roc_auc_score(y, b))
+    difference, se = _brute_force_delong(a, b, y)
+    assert result["difference"] == pytest.approx(difference)
+    assert result["standard_error"] == pytest.approx(se)
+    assert result["ci_low"] < result["difference"] < result["ci_high"]
+    resampled = []
+    for _ in range(1000):
+        i = rng.integers(0, 200, 200)
+        resampled.append(roc_auc_score(y[i], a[i]) - roc_auc_score(y[i], b[i]))
+    assert result["standard_error"] == pytest.approx(np.std(resampled), rel=0.15)
+    # pairing is the point: the paired SE is well below the two unpaired SEs combined
+    unpaired = np.hypot(*(metrics.auroc_standard_error(result[k], int(y.sum()), int((~y).sum()))
+                          for k in ("auroc_a", "auroc_b")))
+    assert result["standard_error"] < 0.8 * unpaired
+
+
+def test_paired_auroc_difference_of_a_model_with_itself_is_zero_and_a_clear_win_is_significant() -> None:
+    y = np.array([0] * 50 + [1] * 50, dtype=bool)
+    scores = np.random.default_rng(1).normal(size=100) + y
+    same = metrics.paired_auroc_difference(scores, scores, y)
+    assert (same["difference"], same["standard_error"], same["p"]) == (0.0, 0.0, 1.0)
+    clear = metrics.paired_auroc_difference(y + 0.01 * scores, scores, y)
+    assert clear["auroc_a"] == 1.0 and clear["difference"] > 0 and clear["p"] < 1e-3
+
+
+@pytest.mark.parametrize("b, labels", [(np.zeros(5), [0, 1, 0, 1]), (np.zeros(4), [1, 1, 1, 1]),
+                                       (np.array([0, np.nan, 0, 1]), [0, 1, 0, 1])])
+def test_paired_auroc_difference_rejects_unpaired_or_invalid_inputs(b, labels) -> None:
+    with pytest.raises(AdlearnError):
+        metrics.paired_auroc_difference(np.arange(4.0), b, labels)

@@ -376,11 +376,11 @@ def paired_auroc_difference(scores_a: Any, scores_b: Any, labels: Any) -> dict[s
     ``auroc_b``, ``difference``, ``standard_error``, ``ci_low`` and ``ci_high`` (95 %, ±1.96 SE) and ``p``.
     """
     a, y = _validated(scores_a, labels, "paired AUROC difference (scores_a)", _IMAGES)
-    b, y_b = _validated(scores_b, labels, "paired AUROC difference (scores_b)", _IMAGES)
+    b, _ = _validated(scores_b, labels, "paired AUROC difference (scores_b)", _IMAGES)
     if a.shape != b.shape:
         raise AdlearnError(f"paired AUROC difference: scores_a has {a.size} scores and scores_b {b.size}; "
                            "pass both models' scores of the same test images, in the same order")
-    (v10_a, v01_a), (v10_b, v01_b) = _placements(a, y), _placements(b, y_b)
+    (v10_a, v01_a), (v10_b, v01_b) = _placements(a, y), _placements(b, y)
     m, n = len(v10_a), len(v01_a)
     difference = float(v10_a.mean() - v10_b.mean())
     variance = 0.0
